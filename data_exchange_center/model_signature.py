@@ -1,0 +1,10 @@
+"""The ranking model's serving signature, shared by the ONNX export, Triton configs and the scorer."""
+
+from __future__ import annotations
+
+MODEL_NAME = "ml_rec"
+ONNX_OPSET = 17
+INPUT_SPARSE = "sparse_ids"  # int64   (batch, n_sparse): 1-based vocabulary positions, 0 = unknown
+INPUT_DENSE = "dense"  # float32 (batch, n_dense): standardized counts and genre flags
+OUTPUT_SCORE = "score"  # float32 (batch, 1): probability that the user likes the item (rating > 3)
+MAX_BATCH_SIZE = 512

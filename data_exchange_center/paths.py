@@ -1,0 +1,161 @@
+"""Where every artifact lives, relative to one data directory (``RECSYS_DATA_DIR``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DATA_DIR_ENV = "RECSYS_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """``$RECSYS_DATA_DIR`` if set, else this package's folder (its artifact subfolders are git-ignored)."""
+    return Path(os.environ.get(DATA_DIR_ENV) or PACKAGE_DIR)
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    """All artifact paths under one data directory. Stages take one of these, never build paths."""
+
+    data_dir: Path
+
+    @classmethod
+    def from_env(cls, data_dir: str | Path | None = None) -> ArtifactPaths:
+        return cls(Path(data_dir) if data_dir else default_data_dir())
+
+    # --- s0: the dataset, normalized ---------------------------------------------------------
+    @property
+    def dataset_dir(self) -> Path:
+        return self.data_dir / "dataset"
+
+    @property
+    def ratings_path(self) -> Path:
+        return self.dataset_dir / "ratings.parquet"
+
+    @property
+    def items_path(self) -> Path:
+        return self.dataset_dir / "items.parquet"
+
+    @property
+    def users_path(self) -> Path:
+        return self.dataset_dir / "users.parquet"
+
+    # --- preprocess --------------------------------------------------------------------------
+    @property
+    def preprocess_dir(self) -> Path:
+        return self.data_dir / "preprocess"
+
+    @property
+    def samples_path(self) -> Path:
+        return self.preprocess_dir / "samples.parquet"
+
+    @property
+    def pit_features_path(self) -> Path:
+        return self.preprocess_dir / "pit_features.parquet"
+
+    @property
+    def user_profiles_path(self) -> Path:
+        return self.preprocess_dir / "user_profiles.parquet"
+
+    @property
+    def item_terms_path(self) -> Path:
+        return self.preprocess_dir / "item_terms.parquet"
+
+    # --- recall ------------------------------------------------------------------------------
+    @property
+    def recall_dir(self) -> Path:
+        return self.data_dir / "recall"
+
+    @property
+    def popularity_path(self) -> Path:
+        return self.recall_dir / "popularity.parquet"
+
+    @property
+    def user_terms_path(self) -> Path:
+        return self.recall_dir / "user_terms.parquet"
+
+    @property
+    def user_vectors_path(self) -> Path:
+        return self.recall_dir / "user_vectors.npz"
+
+    @property
+    def item_vectors_path(self) -> Path:
+        return self.recall_dir / "item_vectors.npz"
+
+    @property
+    def item_neighbors_path(self) -> Path:
+        return self.recall_dir / "item_neighbors.parquet"
+
+    @property
+    def user_seen_path(self) -> Path:
+        return self.recall_dir / "user_seen.parquet"
+
+    # --- rank --------------------------------------------------------------------------------
+    @property
+    def rank_dir(self) -> Path:
+        return self.data_dir / "rank"
+
+    @property
+    def feature_spec_path(self) -> Path:
+        return self.rank_dir / "feature_spec.json"
+
+    @property
+    def user_features_path(self) -> Path:
+        return self.rank_dir / "user_features.parquet"
+
+    @property
+    def item_features_path(self) -> Path:
+        return self.rank_dir / "item_features.parquet"
+
+    @property
+    def rank_train_path(self) -> Path:
+        return self.rank_dir / "train.parquet"
+
+    @property
+    def rank_test_path(self) -> Path:
+        return self.rank_dir / "test.parquet"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.rank_dir / "model"
+
+    @property
+    def model_weights_path(self) -> Path:
+        return self.model_dir / "model.pt"
+
+    @property
+    def model_args_path(self) -> Path:
+        return self.model_dir / "model_args.json"
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.model_dir / "model.onnx"
+
+    # --- offline to online -------------------------------------------------------------------
+    @property
+    def feature_repo_dir(self) -> Path:
+        return self.data_dir / "feature_repo"
+
+    @property
+    def model_repository_dir(self) -> Path:
+        return self.data_dir / "model_repository"
+
+    @property
+    def online_dir(self) -> Path:
+        """Embedded-profile published state (versioned in-process stores) and version pointers."""
+        return self.data_dir / "online"
+
+    # --- reports -----------------------------------------------------------------------------
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.reports_dir / "metrics.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.reports_dir / "report.md"

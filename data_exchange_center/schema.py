@@ -1,0 +1,63 @@
+"""Column names, dtypes and label semantics shared by every layer."""
+
+from __future__ import annotations
+
+import re
+
+# --- dataset (s0): normalized from any MovieLens layout --------------------------------------
+USER_ID = "userid"
+ITEM_ID = "itemid"
+RATING = "rating"
+TIMESTAMP = "timestamp"
+TITLE = "title"
+GENRES = "genres"  # list<string> on items
+GENDER = "gender"
+AGE = "age"
+OCCUPATION = "occupation"
+DEMOGRAPHIC_COLUMNS = (GENDER, AGE, OCCUPATION)
+
+RATINGS_COLUMNS = (USER_ID, ITEM_ID, RATING, TIMESTAMP)
+ITEMS_COLUMNS = (ITEM_ID, TITLE, GENRES)
+USERS_COLUMNS = (USER_ID,)  # demographics are optional: absent in the CSV family, never invented
+
+# --- preprocess (s1 split) ---------------------------------------------------------------------
+LABEL = "label"  # 1 if rating > POSITIVE_RATING_THRESHOLD else 0
+SPLIT = "split"
+SEQ = "seq"  # 0-based position in the user's time-ordered timeline
+POSITIVE_RATING_THRESHOLD = 3.0
+SPLIT_TRAIN, SPLIT_TEST, SPLIT_ONLINE = "train", "test", "online"
+SPLITS = (SPLIT_TRAIN, SPLIT_TEST, SPLIT_ONLINE)
+N_ONLINE_PER_USER = 10
+TRAIN_FRACTION = 0.8
+SAMPLES_COLUMNS = (USER_ID, ITEM_ID, RATING, TIMESTAMP, LABEL, SEQ, SPLIT)
+
+# --- preprocess (s2 point-in-time terms) ------------------------------------------------------
+PIT_WINDOW = 10  # the user's previous N impressions, strictly before the current one
+TERM_MIN_CLICKS = 3  # a genre becomes a user term with at least this many clicks in the window
+TERMS = "terms"  # list<string>
+IMPRESSION_PREFIX = "imp_"
+CLICK_PREFIX = "clk_"
+GENRE_FLAG_PREFIX = "genre_"
+
+
+def genre_slug(genre: str) -> str:
+    """A column-safe name for a genre: ``"Children's"`` -> ``"children_s"``, ``"Sci-Fi"`` -> ``"sci_fi"``."""
+    slug = re.sub(r"[^0-9a-z]+", "_", genre.lower()).strip("_")
+    return slug or "unknown"
+
+
+def impression_column(genre: str) -> str:
+    return IMPRESSION_PREFIX + genre_slug(genre)
+
+
+def click_column(genre: str) -> str:
+    return CLICK_PREFIX + genre_slug(genre)
+
+
+def genre_flag_column(genre: str) -> str:
+    return GENRE_FLAG_PREFIX + genre_slug(genre)
+
+
+def pit_columns(genres: list[str]) -> list[str]:
+    """The point-in-time count columns, impressions then clicks, in genre order."""
+    return [impression_column(g) for g in genres] + [click_column(g) for g in genres]

@@ -1,0 +1,61 @@
+"""What every offline stage script shares: arguments, logging, timing and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from data_exchange_center.artifacts import ArtifactError, update_metrics
+from data_exchange_center.paths import ArtifactPaths
+
+log = logging.getLogger("recsys")
+
+
+class DataError(Exception):
+    """The input data is missing or malformed; the message says which file and what to do."""
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="artifact folder (default: $RECSYS_DATA_DIR, else the data_exchange_center folder)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="log warnings only, no progress bars")
+    return parser
+
+
+def configure_logging(quiet: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def peak_memory_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_stage(name: str, args: argparse.Namespace, work: Callable[[ArtifactPaths], object]) -> int:
+    """Run one stage: log, time it into ``reports/metrics.json``, turn known errors into one line."""
+    configure_logging(getattr(args, "quiet", False))
+    paths = ArtifactPaths.from_env(args.data_dir)
+    started = time.perf_counter()
+    try:
+        work(paths)
+    except (DataError, ArtifactError) as exc:
+        log.error("%s failed: %s", name, exc)
+        return 2
+    elapsed = time.perf_counter() - started
+    update_metrics(paths.metrics_path, {"timings_s": {name: round(elapsed, 3)}})
+    log.info("%s done in %.1f s (peak memory %.0f MiB)", name, elapsed, peak_memory_mib())
+    return 0

@@ -1,0 +1,52 @@
+"""Stage 1: implicit labels (rating > 3) and the per-user time-ordered split.
+
+Reads dataset/ratings.parquet; writes preprocess/samples.parquet (one row per impression, sorted
+by user and time, with label, seq and split) and records the split counts in reports/metrics.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from data_exchange_center import schema as S
+from data_exchange_center.artifacts import (
+    read_json,
+    read_parquet,
+    update_metrics,
+    write_metadata,
+    write_parquet,
+)
+from data_exchange_center.paths import ArtifactPaths
+from offline.common.stage import run_stage, stage_parser
+from offline.preprocess.split import split_by_time, summarize_split
+
+log = logging.getLogger(__name__)
+
+
+def data_split(paths: ArtifactPaths) -> dict[str, int]:
+    ratings = read_parquet(paths.ratings_path, S.RATINGS_COLUMNS)
+    samples = split_by_time(ratings)
+    counts = summarize_split(samples)
+    write_parquet(samples, paths.samples_path)
+    dataset = dataset_name(paths)
+    write_metadata(paths.preprocess_dir, "s1_data_split", counts, dataset=dataset,
+                   config={"n_online_per_user": S.N_ONLINE_PER_USER, "train_fraction": S.TRAIN_FRACTION})  # fmt: skip
+    update_metrics(paths.metrics_path, {"dataset": dataset, "split": counts})
+    log.info("split %s -> %s: %s", paths.ratings_path, paths.samples_path, counts)
+    return counts
+
+
+def dataset_name(paths: ArtifactPaths) -> str:
+    """The dataset name recorded by stage 0."""
+    meta = read_json(paths.dataset_dir / "metadata.json")
+    return str(meta["s0_fetch_data"]["dataset"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser(__doc__ or "").parse_args(argv)
+    return run_stage("s1_data_split", args, data_split)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
