@@ -79,9 +79,7 @@ def _to_int(frame: pd.DataFrame, column: int | str, path: Path, first_line: int 
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = np.flatnonzero(values.isna().to_numpy())
     if len(bad):
-        raise DataError(
-            f"{path}:{int(bad[0]) + first_line}: expected a number, got {frame[column].iloc[bad[0]]!r}"
-        )
+        raise DataError(f"{path}:{int(bad[0]) + first_line}: expected a number, got {frame[column].iloc[bad[0]]!r}")
     return values
 
 
@@ -196,11 +194,15 @@ def _check_dataset(dataset: RatingsDataset, raw_dir: Path) -> None:
     unknown_items = ~dataset.ratings[S.ITEM_ID].isin(dataset.items[S.ITEM_ID])
     if unknown_items.any():
         example = int(dataset.ratings[S.ITEM_ID][unknown_items].iloc[0])
-        raise DataError(f"{raw_dir}: {int(unknown_items.sum())} ratings name items not in the item file, e.g. {example}")
+        raise DataError(
+            f"{raw_dir}: {int(unknown_items.sum())} ratings name items not in the item file, e.g. {example}"
+        )
     unknown_users = ~dataset.ratings[S.USER_ID].isin(dataset.users[S.USER_ID])
     if unknown_users.any():
         example = int(dataset.ratings[S.USER_ID][unknown_users].iloc[0])
-        raise DataError(f"{raw_dir}: {int(unknown_users.sum())} ratings name users not in the user file, e.g. {example}")
+        raise DataError(
+            f"{raw_dir}: {int(unknown_users.sum())} ratings name users not in the user file, e.g. {example}"
+        )
     if dataset.items[S.ITEM_ID].duplicated().any():
         raise DataError(f"{raw_dir}: duplicate item ids in the item file")
     if dataset.users[S.USER_ID].duplicated().any():

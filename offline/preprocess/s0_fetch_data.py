@@ -14,7 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     defaults = SyntheticConfig()
     parser = stage_parser(__doc__ or "")
     parser.add_argument("--dataset", default="ml-1m", choices=DATASET_NAMES, help="dataset name (default ml-1m)")
-    parser.add_argument("--raw-dir", type=Path, default=None, help="read a local copy instead of downloading ($RECSYS_RAW_DIR)")
+    parser.add_argument(
+        "--raw-dir", type=Path, default=None, help="read a local copy instead of downloading ($RECSYS_RAW_DIR)"
+    )
     parser.add_argument(
         "--fallback-synthetic",
         action="store_true",

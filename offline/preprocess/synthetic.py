@@ -59,14 +59,20 @@ def generate_synthetic(config: SyntheticConfig, out_dir: Path) -> Path:
     gender = rng.choice(np.array(["F", "M"]), size=config.n_users, p=[0.28, 0.72])
     age = rng.choice(AGES, size=config.n_users)
     occupation = rng.integers(0, N_OCCUPATIONS, size=config.n_users)
-    demo_shift = np.where(gender == "F", 0.4, -0.4)[:, None] * genre_centroids[13] + (age[:, None] / 56.0) * genre_centroids[7]
+    demo_shift = (
+        np.where(gender == "F", 0.4, -0.4)[:, None] * genre_centroids[13] + (age[:, None] / 56.0) * genre_centroids[7]
+    )
     user_genre_pref = rng.dirichlet(np.full(n_genres, 0.3), size=config.n_users)
-    user_factors = user_genre_pref @ genre_centroids + 0.5 * demo_shift + 0.5 * rng.normal(size=(config.n_users, config.n_factors))
+    user_factors = (
+        user_genre_pref @ genre_centroids + 0.5 * demo_shift + 0.5 * rng.normal(size=(config.n_users, config.n_factors))
+    )
     # how many ratings each user gives: long-tailed, at least MIN_RATINGS_PER_USER where possible
     n_per_user = _ratings_per_user(config, rng)
     user_ids = np.arange(1, config.n_users + 1)
     item_ids = np.arange(1, config.n_items + 1)
-    users_col, items_col, ratings_col = _sample_ratings(config, rng, user_factors, item_factors, log_popularity, n_per_user)
+    users_col, items_col, ratings_col = _sample_ratings(
+        config, rng, user_factors, item_factors, log_popularity, n_per_user
+    )
     # timelines: each user starts at a random time and rates one item every 1-600 seconds
     starts = rng.integers(956_703_932, 1_046_454_590, size=config.n_users)
     gaps = rng.integers(1, 600, size=len(users_col))
