@@ -38,6 +38,14 @@ TERMS = "terms"  # list<string>
 IMPRESSION_PREFIX = "imp_"
 CLICK_PREFIX = "clk_"
 GENRE_FLAG_PREFIX = "genre_"
+# the user's whole history before an impression (point-in-time, expanding window)
+HIST_N = "hist_n"  # number of earlier impressions
+HIST_CLICK_RATE = "hist_click_rate"  # smoothed share of earlier impressions that were clicks
+HIST_MEAN_RATING = "hist_mean_rating"  # smoothed mean of earlier ratings
+HISTORY_COLUMNS = (HIST_N, HIST_CLICK_RATE, HIST_MEAN_RATING)
+HISTORY_PRIOR_WEIGHT = 5.0  # pseudo-impressions of the prior below (fixed, so no statistics leak in)
+PRIOR_CLICK_RATE = 0.5
+PRIOR_MEAN_RATING = 3.5
 
 
 def genre_slug(genre: str) -> str:

@@ -55,8 +55,28 @@ def pit_counts(
     clicks = flags * samples[S.LABEL].to_numpy()[:, None]  # (n, g)
     impressions = window_sums(flags, user_first_row, positions, S.PIT_WINDOW)
     click_counts = window_sums(clicks, user_first_row, positions, S.PIT_WINDOW)
-    counts = np.hstack([impressions, click_counts]).astype(np.int16)  # (m, 2g)
-    return pd.DataFrame(counts, columns=S.pit_columns(genres))
+    counts = pd.DataFrame(np.hstack([impressions, click_counts]).astype(np.int16), columns=S.pit_columns(genres))
+    history = history_stats(samples, user_first_row, positions)
+    return pd.concat([counts, history], axis=1)
+
+
+def history_stats(samples: pd.DataFrame, user_first_row: np.ndarray, positions: np.ndarray) -> pd.DataFrame:
+    """The user's whole history strictly before each position: number of impressions, smoothed click
+    rate and mean rating (shrunk towards the global prior with ``HISTORY_PRIOR_WEIGHT`` pseudo-counts)."""
+    values = np.column_stack([np.ones(len(samples)), samples[S.LABEL].to_numpy(), samples[S.RATING].to_numpy()])
+    prefix = np.zeros((len(samples) + 1, 3), dtype=np.float64)  # (n + 1, 3): count, clicks, rating sum
+    np.cumsum(values, axis=0, out=prefix[1:])
+    sums = prefix[positions] - prefix[user_first_row]  # (m, 3)
+    prior_weight = S.HISTORY_PRIOR_WEIGHT
+    click_rate = (sums[:, 1] + prior_weight * S.PRIOR_CLICK_RATE) / (sums[:, 0] + prior_weight)
+    mean_rating = (sums[:, 2] + prior_weight * S.PRIOR_MEAN_RATING) / (sums[:, 0] + prior_weight)
+    return pd.DataFrame(
+        {
+            S.HIST_N: sums[:, 0].astype(np.float32),
+            S.HIST_CLICK_RATE: click_rate.astype(np.float32),
+            S.HIST_MEAN_RATING: mean_rating.astype(np.float32),
+        }
+    )
 
 
 def training_pit_features(samples: pd.DataFrame, genre_flags: pd.DataFrame, genres: list[str]) -> pd.DataFrame:
