@@ -1,0 +1,190 @@
+"""Ranking features: the feature specification and the per-impression feature tables.
+
+Every feature column belongs to one of two sources, joined on ids:
+
+- user: ``userid``, the demographics of ``users.parquet`` where the dataset has them (categorical), the
+  point-in-time genre counts ``imp_*``/``clk_*`` and history statistics ``hist_*`` (dense, standardized);
+- item: ``itemid`` (categorical) and the ``genre_<slug>`` multi-hot flags (dense, passed through).
+
+Training rows take the point-in-time user features of each impression (``pit_features``, computed
+strictly before it); the serving user table takes the same columns from the online user profile (the
+same function evaluated after the user's last offline impression). Vocabularies and normalization
+statistics come from the training split only, so no test row can change the specification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from data_exchange_center import schema as S
+from data_exchange_center.artifacts import ArtifactError
+from data_exchange_center.feature_spec import CategoricalField, DenseField, FeatureSpec, Source
+
+KEY_COLUMNS = (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ)  # identify a train/test row; ids double as features
+
+
+@dataclass(frozen=True)
+class RankingTables:
+    """What ranking stage 1 writes: the specification and four feature tables."""
+
+    spec: FeatureSpec
+    user_features: pd.DataFrame  # one row per profiled user: the serving user features
+    item_features: pd.DataFrame  # one row per catalogue item
+    train: pd.DataFrame  # one row per train impression: KEY_COLUMNS + raw user and item feature columns
+    test: pd.DataFrame  # the same for test impressions
+
+
+# --- source tables ---------------------------------------------------------------------------------
+def list_genres(items: pd.DataFrame) -> list[str]:
+    """All genres of the catalogue, sorted: the order of every genre column downstream."""
+    return sorted(set(items[S.GENRES].explode().dropna().astype(str)))
+
+
+def user_dense_columns(genres: list[str]) -> list[str]:
+    """The user's dense columns: point-in-time impression and click counts, then history statistics."""
+    return S.pit_columns(genres) + list(S.HISTORY_COLUMNS)
+
+
+def demographic_columns(users: pd.DataFrame) -> list[str]:
+    """The demographic columns this dataset has (none for the CSV family: absent, not invented)."""
+    return [c for c in S.DEMOGRAPHIC_COLUMNS if c in users.columns]
+
+
+def build_item_features(items: pd.DataFrame, genres: list[str]) -> pd.DataFrame:
+    """``itemid`` + one int8 ``genre_<slug>`` flag per genre; one row per item, catalogue order."""
+    _require_unique(items[S.ITEM_ID], "items.parquet", "item")
+    exploded = items[[S.ITEM_ID, S.GENRES]].explode(S.GENRES).dropna()
+    rows = pd.Index(items[S.ITEM_ID]).get_indexer(exploded[S.ITEM_ID])
+    positions = pd.Index(genres).get_indexer(exploded[S.GENRES])
+    flags = np.zeros((len(items), len(genres)), dtype=np.int8)  # (n_items, n_genres)
+    flags[rows, positions] = 1
+    out = pd.DataFrame(flags, columns=[S.genre_flag_column(g) for g in genres])
+    out.insert(0, S.ITEM_ID, items[S.ITEM_ID].to_numpy())
+    return out
+
+
+def build_user_features(users: pd.DataFrame, profiles: pd.DataFrame, genres: list[str]) -> pd.DataFrame:
+    """The serving user features: ``userid``, demographics, then the profile's dense columns."""
+    _require_unique(users[S.USER_ID], "users.parquet", "user")
+    _require_unique(profiles[S.USER_ID], "user_profiles.parquet", "user")
+    out = profiles[[S.USER_ID, *user_dense_columns(genres)]].reset_index(drop=True)
+    return join_demographics(out, users, "user_profiles.parquet", at=1)
+
+
+def join_demographics(rows: pd.DataFrame, users: pd.DataFrame, what: str, at: int) -> pd.DataFrame:
+    """Insert the dataset's demographic columns at column position ``at`` (in place); every user must be known."""
+    demographics = demographic_columns(users)
+    if not demographics:
+        return rows
+    positions = pd.Index(users[S.USER_ID]).get_indexer(rows[S.USER_ID])
+    if (positions < 0).any():
+        unknown = np.unique(rows[S.USER_ID].to_numpy()[positions < 0])
+        raise ArtifactError(
+            f"{len(unknown)} users of {what} are missing from users.parquet (e.g. {unknown[:5].tolist()}): "
+            "the dataset and the preprocess artifacts come from different runs; re-run the preprocess stages"
+        )
+    for offset, column in enumerate(demographics, start=at):
+        rows.insert(offset, column, users[column].to_numpy()[positions])
+    return rows
+
+
+def build_impression_rows(
+    samples: pd.DataFrame,
+    pit: pd.DataFrame,
+    users: pd.DataFrame,
+    item_features: pd.DataFrame,
+    genres: list[str],
+    split: str,
+) -> pd.DataFrame:
+    """Rows of one split: key columns, demographics, point-in-time user columns, item genre flags."""
+    mask = (samples[S.SPLIT] == split).to_numpy()
+    rows = samples.loc[mask, list(KEY_COLUMNS)].reset_index(drop=True)
+    rows = join_demographics(rows, users, f"the {split} split", at=len(KEY_COLUMNS))
+    dense = pit.loc[mask, user_dense_columns(genres)].reset_index(drop=True)
+    item_rows = pd.Index(item_features[S.ITEM_ID]).get_indexer(rows[S.ITEM_ID])
+    if (item_rows < 0).any():
+        unknown = np.unique(rows[S.ITEM_ID].to_numpy()[item_rows < 0])
+        raise ArtifactError(
+            f"{len(unknown)} items of the {split} split are missing from items.parquet "
+            f"(e.g. {unknown[:5].tolist()}): re-run the preprocess stages on one dataset"
+        )
+    flags = item_features.drop(columns=S.ITEM_ID).iloc[item_rows].reset_index(drop=True)
+    return pd.concat([rows, dense, flags], axis=1)
+
+
+# --- the specification -----------------------------------------------------------------------------
+def categorical_field(name: str, source: Source, train_values: pd.Series) -> CategoricalField:
+    """A field whose vocabulary is the sorted distinct training values (index 0 stays 'unknown')."""
+    vocab = np.sort(train_values.dropna().unique())
+    return CategoricalField(name=name, source=source, vocab=vocab.tolist())
+
+
+def dense_field(name: str, source: Source, train_values: pd.Series, normalize: bool) -> DenseField:
+    """A dense field; standardized with the training mean and (population) standard deviation."""
+    if not normalize:
+        return DenseField(name=name, source=source, normalize=False)
+    values = train_values.to_numpy(dtype=np.float64)
+    std = float(values.std())
+    return DenseField(name=name, source=source, mean=float(values.mean()), std=std if std > 0 else 1.0)
+
+
+def build_feature_spec(train: pd.DataFrame, users: pd.DataFrame, genres: list[str], dataset: str) -> FeatureSpec:
+    """The feature specification from training rows: user fields first, then item fields."""
+    user_categorical = [S.USER_ID, *demographic_columns(users)]
+    categorical = [categorical_field(c, "user", train[c]) for c in user_categorical]
+    categorical.append(categorical_field(S.ITEM_ID, "item", train[S.ITEM_ID]))
+    dense = [dense_field(c, "user", train[c], normalize=True) for c in user_dense_columns(genres)]
+    dense += [dense_field(S.genre_flag_column(g), "item", train[S.genre_flag_column(g)], False) for g in genres]
+    return FeatureSpec(dataset=dataset, categorical=categorical, dense=dense, genres=list(genres))
+
+
+# --- the whole transformation ----------------------------------------------------------------------
+def build_ranking_tables(
+    samples: pd.DataFrame,
+    pit: pd.DataFrame,
+    profiles: pd.DataFrame,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    dataset: str,
+) -> RankingTables:
+    """All ranking features from the preprocess artifacts; refuses inputs that do not fit together."""
+    genres = list_genres(items)
+    check_inputs(samples, pit, profiles, genres)
+    item_features = build_item_features(items, genres)
+    train = build_impression_rows(samples, pit, users, item_features, genres, S.SPLIT_TRAIN)
+    test = build_impression_rows(samples, pit, users, item_features, genres, S.SPLIT_TEST)
+    spec = build_feature_spec(train, users, genres, dataset)
+    user_features = build_user_features(users, profiles, genres)
+    return RankingTables(spec=spec, user_features=user_features, item_features=item_features, train=train, test=test)
+
+
+def check_inputs(samples: pd.DataFrame, pit: pd.DataFrame, profiles: pd.DataFrame, genres: list[str]) -> None:
+    """Raise ``ArtifactError`` unless the preprocess artifacts fit each other and the catalogue."""
+    if len(pit) != len(samples):
+        raise ArtifactError(
+            f"pit_features.parquet has {len(pit)} rows but samples.parquet has {len(samples)}: they must be "
+            "row-aligned; re-run offline/preprocess/s2_term_trans.py"
+        )
+    expected = user_dense_columns(genres)
+    for name, frame in (("pit_features.parquet", pit), ("user_profiles.parquet", profiles)):
+        missing = [c for c in expected if c not in frame.columns]
+        if missing:
+            raise ArtifactError(
+                f"{name} lacks {missing[:6]} (expected from the catalogue's genres {genres}): the preprocess "
+                "artifacts and items.parquet come from different runs; re-run offline/preprocess/s2_term_trans.py"
+            )
+    for split in (S.SPLIT_TRAIN, S.SPLIT_TEST):
+        if not (samples[S.SPLIT] == split).any():
+            raise ArtifactError(f"samples.parquet has no {split} rows: re-run offline/preprocess/s1_data_split.py")
+
+
+def _require_unique(ids: pd.Series, file_name: str, what: str) -> None:
+    duplicated = ids[ids.duplicated()]
+    if len(duplicated):
+        raise ArtifactError(
+            f"{file_name} has {len(duplicated)} duplicate {what} ids (e.g. {duplicated.head(5).tolist()}): "
+            "re-run the stage that wrote it"
+        )
