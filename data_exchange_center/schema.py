@@ -69,3 +69,17 @@ def genre_flag_column(genre: str) -> str:
 def pit_columns(genres: list[str]) -> list[str]:
     """The point-in-time count columns, impressions then clicks, in genre order."""
     return [impression_column(g) for g in genres] + [click_column(g) for g in genres]
+
+# --- recall artifacts -------------------------------------------------------------------------
+# recall/popularity.parquet:     itemid int64, score float32 (positive offline impressions), score desc
+# recall/item_neighbors.parquet: itemid int64, neighbor int64, weight float32 (top-N per item, weight desc)
+# recall/user_seen.parquet:      userid int64, items list<int64>, labels list<int8> (offline, time order)
+# recall/{user,item}_vectors.npz: ids int64 (n,), vectors float32 (n, dim); similarity: inner product
+# user terms: preprocess/user_profiles.parquet (userid, terms); item terms: preprocess/item_terms.parquet
+SCORE = "score"
+NEIGHBOR = "neighbor"
+WEIGHT = "weight"
+ITEMS = "items"
+LABELS = "labels"
+VECTOR_IDS = "ids"
+VECTORS = "vectors"
