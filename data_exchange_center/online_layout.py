@@ -1,0 +1,126 @@
+"""Where published state lives for the online side: version ids, embedded stores, Feast and Triton names.
+
+The written specification is ``ONLINE_STORE_FORMAT.md``. Every publish gets a version id
+(``20261125T131950123456Z-3f9a``: UTC time to the microsecond, then 4 random hex digits); ids sort by
+time as strings.
+
+Embedded stores (the default profile serves from these folders under ``paths.online_dir``)::
+
+    online/users/CURRENT                  text: the live version id (replaced atomically)
+    online/users/<version>/users.parquet  userid int64, terms list<str>, seen list<int64>, seen_labels list<int8>
+    online/users/<version>/vectors.npz    ids int64 (n,), vectors float32 (n, dim)
+    online/users/<version>/manifest.json  version, n_users, vector_dim, sources, created_at
+    online/items/CURRENT                  text: the live version id
+    online/items/<version>/manifest.json  the item artifacts this version serves, with sha256 and sizes
+
+A version folder appears by one rename of a complete temporary folder, and CURRENT is switched after
+it, so a reader that follows CURRENT always finds a complete version.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+from data_exchange_center.artifacts import atomic_path
+from data_exchange_center.model_signature import MODEL_NAME
+from data_exchange_center.paths import ArtifactPaths
+
+VERSION_RE = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{4}$")
+
+# --- embedded stores -----------------------------------------------------------------------------------
+CURRENT_FILE = "CURRENT"
+MANIFEST_FILE = "manifest.json"
+USERS_TABLE_FILE = "users.parquet"
+USERS_VECTORS_FILE = "vectors.npz"
+SEEN = "seen"
+SEEN_LABELS = "seen_labels"
+
+# --- Feast -------------------------------------------------------------------------------------------
+FEAST_PROJECT = "recsys"
+USER_ENTITY = "user"
+ITEM_ENTITY = "item"
+USER_FEATURE_VIEW = "user_feature_view"
+ITEM_FEATURE_VIEW = "item_feature_view"
+USER_FEATURE_SERVICE = "user_features"
+ITEM_FEATURE_SERVICE = "item_features"
+EVENT_TIMESTAMP = "event_timestamp"
+DATA_VERSION_TAG = "data_version"
+
+# --- Triton ------------------------------------------------------------------------------------------
+PYTHON_MODEL_REPOSITORY_DIRNAME = "model_repository_python"
+
+
+def new_version(now: datetime | None = None, token: str | None = None) -> str:
+    """A fresh version id: ``YYYYMMDDTHHMMSSffffffZ-xxxx`` (UTC, microseconds, 4 hex digits against collisions)."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%S%fZ}-{token or secrets.token_hex(2)}"
+
+
+def is_version(name: str) -> bool:
+    return bool(VERSION_RE.match(name))
+
+
+def users_store_dir(paths: ArtifactPaths) -> Path:
+    return paths.online_dir / "users"
+
+
+def items_store_dir(paths: ArtifactPaths) -> Path:
+    return paths.online_dir / "items"
+
+
+def read_current_version(store_dir: Path) -> str | None:
+    """The live version id of an embedded store, or None when nothing was published yet."""
+    pointer = store_dir / CURRENT_FILE
+    if not pointer.exists():
+        return None
+    version = pointer.read_text().strip()
+    return version if is_version(version) else None
+
+
+def current_version_dir(store_dir: Path) -> Path | None:
+    version = read_current_version(store_dir)
+    return None if version is None else store_dir / version
+
+
+def write_current_version(store_dir: Path, version: str) -> Path:
+    """Switch the store to ``version`` (one atomic rename of the pointer file)."""
+    if not is_version(version):
+        raise ValueError(f"{version!r} is not a version id")
+    if not (store_dir / version).is_dir():
+        raise FileNotFoundError(f"cannot switch {store_dir} to {version}: its folder does not exist")
+    with atomic_path(store_dir / CURRENT_FILE) as tmp:
+        tmp.write_text(version + "\n")
+    return store_dir / CURRENT_FILE
+
+
+def list_versions(store_dir: Path) -> list[str]:
+    """Complete version folders of a store, oldest first (temporary folders start with a dot)."""
+    if not store_dir.is_dir():
+        return []
+    return sorted(p.name for p in store_dir.iterdir() if p.is_dir() and is_version(p.name))
+
+
+# --- Triton model repositories ----------------------------------------------------------------------
+def python_model_repository_dir(paths: ArtifactPaths) -> Path:
+    """The Python-backend variant's repository, beside ``paths.model_repository_dir``."""
+    return paths.model_repository_dir.parent / PYTHON_MODEL_REPOSITORY_DIRNAME
+
+
+def model_versions(repository_dir: Path, model: str = MODEL_NAME) -> list[int]:
+    """The numbered version folders of ``model`` that hold a file, ascending."""
+    model_dir = repository_dir / model
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and any(p.iterdir()))
+
+
+def latest_model_path(repository_dir: Path, model: str = MODEL_NAME) -> Path | None:
+    """``<repo>/<model>/<highest version>/model.onnx``: what Triton serves and the embedded scorer loads."""
+    versions = model_versions(repository_dir, model)
+    if not versions:
+        return None
+    path = repository_dir / model / str(versions[-1]) / "model.onnx"
+    return path if path.exists() else None

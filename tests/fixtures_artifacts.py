@@ -1,0 +1,226 @@
+"""A tiny, consistent set of the artifacts that offline_to_online publishes, for tests.
+
+``write_tiny_artifacts(data_dir)`` writes every file the offline stages hand over (preprocess, recall
+and rank artifacts, a feature specification, an ONNX ranker built with the ``onnx`` helper API, and
+reference scores computed with numpy) in their documented schemas. Ids are sparse and shifted
+(users 1000, 1007, ...; items 5, 8, ...) so nothing can assume dense ids. One user has no vector,
+one has no seen items, and one test row's user is outside the spec's vocabulary (encoded 0).
+
+The ONNX model: ``score = sigmoid(sum_j table[sparse_ids[:, j] + offsets[j]] + dense @ w + bias)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data_exchange_center import model_signature as sig
+from data_exchange_center import schema as S
+from data_exchange_center.artifacts import write_npz, write_parquet
+from data_exchange_center.feature_spec import CategoricalField, DenseField, FeatureSpec, combine_features
+from data_exchange_center.paths import ArtifactPaths
+
+REFERENCE_SCORES_FILE = "reference_scores.parquet"
+GENRES = ["Action", "Children's", "Comedy", "Drama", "Sci-Fi"]
+AGES = [1, 18, 25, 35, 45, 50, 56]
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    n_users: int = 40
+    n_items: int = 30
+    dim: int = 8
+    n_test: int = 1200
+    n_neighbors: int = 5
+    n_reference: int = 1200
+    seed: int = 7
+    genres: list[str] = field(default_factory=lambda: list(GENRES))
+
+
+@dataclass(frozen=True)
+class TinyArtifacts:
+    paths: ArtifactPaths
+    config: TinyConfig
+    userids: np.ndarray
+    itemids: np.ndarray
+    spec: FeatureSpec
+
+
+def reference_scores_path(paths: ArtifactPaths) -> Path:
+    return paths.model_dir / REFERENCE_SCORES_FILE
+
+
+def write_tiny_artifacts(data_dir: Path, config: TinyConfig | None = None) -> TinyArtifacts:
+    config = config or TinyConfig()
+    rng = np.random.default_rng(config.seed)
+    paths = ArtifactPaths(Path(data_dir))
+    userids = 1000 + 7 * np.arange(config.n_users, dtype=np.int64)
+    itemids = 5 + 3 * np.arange(config.n_items, dtype=np.int64)
+    item_genres = [sorted(rng.choice(config.genres, size=rng.integers(1, 3), replace=False).tolist()) for _ in itemids]
+    write_recall_artifacts(paths, config, rng, userids, itemids, item_genres)
+    user_features = make_user_features(rng, userids, config.genres)
+    item_features = make_item_features(itemids, item_genres, config.genres)
+    write_profiles(paths, rng, user_features, config.genres)
+    spec = make_spec(user_features, item_features, config.genres)
+    spec.save(paths.feature_spec_path)
+    write_parquet(user_features, paths.user_features_path)
+    write_parquet(item_features, paths.item_features_path)
+    test = make_test_rows(rng, user_features, item_features, config.n_test)
+    write_parquet(test, paths.rank_test_path)
+    weights = write_tiny_onnx(paths.onnx_path, spec, rng)
+    write_reference_scores(paths, spec, test.head(config.n_reference), weights)
+    return TinyArtifacts(paths, config, userids, itemids, spec)
+
+
+# --- recall ------------------------------------------------------------------------------------------
+def write_recall_artifacts(
+    paths: ArtifactPaths,
+    config: TinyConfig,
+    rng: np.random.Generator,
+    userids: np.ndarray,
+    itemids: np.ndarray,
+    item_genres: list[list[str]],
+) -> None:
+    write_parquet(pd.DataFrame({S.ITEM_ID: itemids, S.TERMS: item_genres}), paths.item_terms_path)
+    user_vecs = rng.normal(size=(len(userids) - 1, config.dim)).astype(np.float32)  # the last user has none
+    write_npz(paths.user_vectors_path, **{S.VECTOR_IDS: userids[:-1], S.VECTORS: user_vecs})
+    unit = rng.normal(size=(len(itemids), config.dim))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)  # unit norm: each item is its own best neighbour
+    write_npz(paths.item_vectors_path, **{S.VECTOR_IDS: itemids, S.VECTORS: unit.astype(np.float32)})
+    seen_users = userids[1:]  # the first user has no seen items
+    seen = [rng.choice(itemids, size=rng.integers(1, 8), replace=False).astype(np.int64) for _ in seen_users]
+    labels = [rng.integers(0, 2, size=len(s)).astype(np.int8) for s in seen]
+    write_parquet(pd.DataFrame({S.USER_ID: seen_users, S.ITEMS: seen, S.LABELS: labels}), paths.user_seen_path)
+    pop = pd.DataFrame({S.ITEM_ID: itemids, S.SCORE: rng.integers(0, 100, len(itemids)).astype(np.float32)})
+    write_parquet(pop.sort_values(S.SCORE, ascending=False, kind="stable"), paths.popularity_path)
+    n = min(config.n_neighbors, len(itemids) - 1)
+    rows = []
+    for item in itemids:
+        picked = rng.choice(itemids[itemids != item], n, replace=False)
+        rows += [(item, other, weight) for other, weight in zip(picked, np.sort(rng.random(n))[::-1], strict=True)]
+    neighbors = pd.DataFrame(rows, columns=[S.ITEM_ID, S.NEIGHBOR, S.WEIGHT]).astype({S.WEIGHT: np.float32})
+    write_parquet(neighbors, paths.item_neighbors_path)
+
+
+def write_profiles(paths: ArtifactPaths, rng: np.random.Generator, users: pd.DataFrame, genres: list[str]) -> None:
+    profiles = users[[S.USER_ID, *S.pit_columns(genres), *S.HISTORY_COLUMNS]].copy()
+    profiles[S.TERMS] = [
+        sorted(rng.choice(genres, size=rng.integers(0, 3), replace=False).tolist()) for _ in users.index
+    ]
+    write_parquet(profiles, paths.user_profiles_path)
+
+
+# --- rank --------------------------------------------------------------------------------------------
+def make_user_features(rng: np.random.Generator, userids: np.ndarray, genres: list[str]) -> pd.DataFrame:
+    n = len(userids)
+    frame = pd.DataFrame(
+        {
+            S.USER_ID: userids,
+            S.GENDER: rng.choice(["F", "M"], n),
+            S.AGE: rng.choice(AGES, n),
+            S.OCCUPATION: rng.integers(0, 21, n),
+        }
+    )
+    for column in S.pit_columns(genres):
+        frame[column] = rng.integers(0, 10, n).astype(np.int16)
+    frame[S.HIST_N] = rng.integers(0, 200, n).astype(np.float32)
+    frame[S.HIST_CLICK_RATE] = rng.random(n).astype(np.float32)
+    frame[S.HIST_MEAN_RATING] = (1 + 4 * rng.random(n)).astype(np.float32)
+    return frame
+
+
+def make_item_features(itemids: np.ndarray, item_genres: list[list[str]], genres: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame({S.ITEM_ID: itemids})
+    for genre in genres:
+        frame[S.genre_flag_column(genre)] = np.array([genre in g for g in item_genres], dtype=np.int8)
+    return frame
+
+
+def make_spec(users: pd.DataFrame, items: pd.DataFrame, genres: list[str]) -> FeatureSpec:
+    categorical = [
+        CategoricalField(S.USER_ID, "user", users[S.USER_ID].iloc[:-2].tolist()),  # two users unknown to the spec
+        CategoricalField(S.GENDER, "user", ["F", "M"]),
+        CategoricalField(S.AGE, "user", AGES),
+        CategoricalField(S.OCCUPATION, "user", list(range(21))),
+        CategoricalField(S.ITEM_ID, "item", items[S.ITEM_ID].tolist()),
+    ]
+    user_dense = [*S.pit_columns(genres), *S.HISTORY_COLUMNS]
+    dense = [
+        DenseField(c, "user", float(users[c].mean()), float(users[c].std(ddof=0)) or 1.0, True) for c in user_dense
+    ]
+    dense += [DenseField(S.genre_flag_column(g), "item", normalize=False) for g in genres]
+    return FeatureSpec(dataset="tiny", categorical=categorical, dense=dense, genres=list(genres))
+
+
+def make_test_rows(rng: np.random.Generator, users: pd.DataFrame, items: pd.DataFrame, n: int) -> pd.DataFrame:
+    user_rows = users.iloc[rng.integers(0, len(users), n)].reset_index(drop=True)
+    item_rows = items.iloc[rng.integers(0, len(items), n)].reset_index(drop=True)
+    keys = pd.DataFrame(
+        {
+            S.USER_ID: user_rows[S.USER_ID],
+            S.ITEM_ID: item_rows[S.ITEM_ID],
+            S.LABEL: rng.integers(0, 2, n).astype(np.int8),
+            S.SEQ: np.arange(n, dtype=np.int32),
+        }
+    )
+    return pd.concat([keys, user_rows.drop(columns=S.USER_ID), item_rows.drop(columns=S.ITEM_ID)], axis=1)
+
+
+def write_tiny_onnx(path: Path, spec: FeatureSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Write the tiny ranker; returns its weights (for the numpy reference)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n_sparse, n_dense = len(spec.categorical), len(spec.dense)
+    weights: dict[str, np.ndarray] = {
+        "offsets": np.concatenate([[0], np.cumsum(spec.vocab_sizes)[:-1]]).astype(np.int64),
+        "table": (0.3 * rng.normal(size=sum(spec.vocab_sizes))).astype(np.float32),
+        "w_dense": (0.2 * rng.normal(size=(n_dense, 1))).astype(np.float32),
+        "bias": np.array([0.1], dtype=np.float32),
+        "axes": np.array([1], dtype=np.int64),
+    }
+    nodes = [
+        helper.make_node("Add", [sig.INPUT_SPARSE, "offsets"], ["rows"]),
+        helper.make_node("Gather", ["table", "rows"], ["picked"]),
+        helper.make_node("ReduceSum", ["picked", "axes"], ["sparse_sum"], keepdims=1),
+        helper.make_node("MatMul", [sig.INPUT_DENSE, "w_dense"], ["dense_sum"]),
+        helper.make_node("Add", ["sparse_sum", "dense_sum"], ["partial"]),
+        helper.make_node("Add", ["partial", "bias"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], [sig.OUTPUT_SCORE]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_ranker",
+        [
+            helper.make_tensor_value_info(sig.INPUT_SPARSE, TensorProto.INT64, ["batch", n_sparse]),
+            helper.make_tensor_value_info(sig.INPUT_DENSE, TensorProto.FLOAT, ["batch", n_dense]),
+        ],
+        [helper.make_tensor_value_info(sig.OUTPUT_SCORE, TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", sig.ONNX_OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return weights
+
+
+def numpy_scores(spec: FeatureSpec, rows: pd.DataFrame, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """The tiny ranker in numpy (float64, then float32): the 'PyTorch' reference of the tests."""
+    sparse, dense = combine_features(spec.encode_users(rows), spec.encode_items(rows))
+    logit = weights["table"][sparse + weights["offsets"]].astype(np.float64).sum(axis=1)
+    logit += (dense.astype(np.float64) @ weights["w_dense"].astype(np.float64))[:, 0] + float(weights["bias"][0])
+    return (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+
+
+def write_reference_scores(
+    paths: ArtifactPaths, spec: FeatureSpec, rows: pd.DataFrame, weights: dict[str, np.ndarray]
+) -> None:
+    scores = numpy_scores(spec, rows, weights)
+    write_parquet(
+        pd.DataFrame({"row": np.arange(len(rows), dtype=np.int64), S.SCORE: scores}), reference_scores_path(paths)
+    )
