@@ -58,7 +58,7 @@ def load_user_source(paths: ArtifactPaths) -> UserSource:
     seen = read_parquet(paths.user_seen_path, (S.USER_ID, S.ITEMS, S.LABELS))
     vectors = read_npz(paths.user_vectors_path, (S.VECTOR_IDS, S.VECTORS))
     ids, matrix = check_vectors(vectors, paths.user_vectors_path.name)
-    check_item_vector_dim(paths, matrix.shape[1])
+    check_vector_dims(paths)
     require_unique(profiles[S.USER_ID], paths.user_profiles_path.name)
     require_unique(seen[S.USER_ID], paths.user_seen_path.name)
     return align_users(profiles, seen, ids, matrix)
@@ -78,10 +78,11 @@ def check_vectors(arrays: dict[str, np.ndarray], name: str) -> tuple[np.ndarray,
     return ids.astype(np.int64), matrix.astype(np.float32)
 
 
-def check_item_vector_dim(paths: ArtifactPaths, user_dim: int) -> None:
+def check_vector_dims(paths: ArtifactPaths) -> None:
     """User and item vectors must share their dimension (inner-product search needs it)."""
-    if not paths.item_vectors_path.exists():
+    if not (paths.user_vectors_path.exists() and paths.item_vectors_path.exists()):
         return
+    user_dim = read_npz(paths.user_vectors_path, (S.VECTORS,))[S.VECTORS].shape[-1]
     item_dim = read_npz(paths.item_vectors_path, (S.VECTORS,))[S.VECTORS].shape[-1]
     if item_dim != user_dim:
         raise ArtifactError(

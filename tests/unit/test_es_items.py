@@ -1,0 +1,272 @@
+"""The Elasticsearch item index: golden request bodies, client options, and the publish sequence.
+
+No Elasticsearch server runs here: the bodies are compared with golden values, and the publish
+sequence runs against ``FakeEsApi``, an in-memory implementation of this stage's own ``EsApi``
+interface (never of the client library). Live tests: tests/integration/test_o2o_es_live.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+
+from data_exchange_center import es_layout as E
+from data_exchange_center.settings import load_settings
+from offline_to_online.common import PublishVerificationError
+from offline_to_online.recall.es_client import es_client_options
+from offline_to_online.recall.es_items import bulk_actions, publish_items_to_es
+from offline_to_online.recall.item_source import ItemSource, load_item_source
+from tests.fixtures_artifacts import write_tiny_artifacts
+
+pytestmark = pytest.mark.unit
+
+VERSION = "20240102T030405000006Z-0a1b"
+
+
+def two_items() -> ItemSource:
+    return ItemSource(
+        itemids=np.array([5, 8], dtype=np.int64),
+        terms=[["Comedy", "Drama"], []],
+        vector_rows=np.array([0, -1], dtype=np.int64),
+        vectors=np.array([[0.5, -1.0]], dtype=np.float32),
+        vector_ids=np.array([5], dtype=np.int64),
+        popularity=np.array([3.0, 0.0], dtype=np.float32),
+        neighbors=[np.array([8], dtype=np.int64), np.zeros(0, dtype=np.int64)],
+        neighbor_weights=[np.array([0.25], dtype=np.float32), np.zeros(0, dtype=np.float32)],
+    )
+
+
+def test_mapping_is_golden() -> None:
+    assert E.index_mapping(32) == {
+        "dynamic": "strict",
+        "properties": {
+            "itemid": {"type": "long"},
+            "terms": {"type": "keyword"},
+            "vector": {
+                "type": "dense_vector",
+                "dims": 32,
+                "index": True,
+                "similarity": "max_inner_product",
+                "index_options": {"type": "hnsw", "m": 16, "ef_construction": 100},
+            },
+            "popularity": {"type": "float"},
+            "neighbors": {"type": "long", "index": False},
+            "neighbor_weights": {"type": "float", "index": False},
+        },
+    }
+    assert E.index_settings() == {"index": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "-1"}}
+    with pytest.raises(ValueError, match="dims"):
+        E.index_mapping(0)
+
+
+def test_index_names_are_lower_case_per_version() -> None:
+    assert E.index_name("recsys_items", VERSION) == "recsys_items-20240102t030405000006z-0a1b"
+    assert E.index_pattern("Recsys_Items") == "recsys_items-*"
+
+
+def test_bulk_actions_are_golden() -> None:
+    assert list(bulk_actions(two_items(), "idx")) == [
+        {
+            "_op_type": "index",
+            "_index": "idx",
+            "_id": "5",
+            "_source": {
+                "itemid": 5,
+                "terms": ["Comedy", "Drama"],
+                "popularity": 3.0,
+                "neighbors": [8],
+                "neighbor_weights": [0.25],
+                "vector": [0.5, -1.0],
+            },
+        },
+        {
+            "_op_type": "index",
+            "_index": "idx",
+            "_id": "8",
+            "_source": {"itemid": 8, "terms": [], "popularity": 0.0, "neighbors": [], "neighbor_weights": []},
+        },
+    ]
+
+
+def test_alias_switch_is_one_call_with_remove_and_add() -> None:
+    assert E.alias_switch_actions("a", "a-2", ["a-1", "a-0", "a-1"]) == {
+        "actions": [
+            {"remove": {"index": "a-0", "alias": "a"}},
+            {"remove": {"index": "a-1", "alias": "a"}},
+            {"add": {"index": "a-2", "alias": "a", "is_write_index": True}},
+        ]
+    }
+    assert E.alias_switch_actions("a", "a-2", []) == {
+        "actions": [{"add": {"index": "a-2", "alias": "a", "is_write_index": True}}]
+    }
+
+
+def test_query_bodies_are_golden() -> None:
+    assert E.term_count_query("Sci-Fi") == {"query": {"term": {"terms": "Sci-Fi"}}}
+    assert E.knn_query([1, 0.5], k=3, exclude_ids=[7]) == {
+        "knn": {
+            "field": "vector",
+            "query_vector": [1.0, 0.5],
+            "k": 3,
+            "num_candidates": 100,
+            "filter": {"bool": {"must_not": [{"ids": {"values": ["7"]}}]}},
+        },
+        "size": 3,
+        "_source": ["itemid"],
+    }
+    assert E.term_recall_query(["Comedy"], size=2) == {
+        "size": 2,
+        "query": {
+            "bool": {
+                "should": [{"constant_score": {"filter": {"term": {"terms": "Comedy"}}, "boost": 1.0}}],
+                "minimum_should_match": 1,
+                "must_not": [],
+            }
+        },
+        "sort": [{"_score": "desc"}, {"popularity": "desc"}, {"itemid": "asc"}],
+        "_source": ["itemid", "popularity"],
+    }
+    assert E.neighbors_mget([5, 8]) == {"ids": ["5", "8"], "_source": ["itemid", "neighbors", "neighbor_weights"]}
+    assert E.popularity_query(1, [3])["query"] == {
+        "bool": {"must": [{"match_all": {}}], "must_not": [{"ids": {"values": ["3"]}}]}
+    }
+
+
+@pytest.mark.parametrize("inner_product", [-3.0, -0.5, 0.0, 0.25, 7.0])
+def test_score_transform_inverts(inner_product: float) -> None:
+    score = inner_product + 1 if inner_product >= 0 else 1 / (1 - inner_product)  # Elasticsearch's transform
+    assert E.inner_product_from_score(score) == pytest.approx(inner_product)
+
+
+def test_client_options_take_credentials_and_tls_from_settings(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    basic = load_settings({"es_url": "https://es:9200", "es_password": "pw", "es_ca_certs": ca}, environ={})
+    options = es_client_options(basic)
+    assert options["basic_auth"] == ("elastic", "pw") and "api_key" not in options
+    assert options["verify_certs"] is True and options["ca_certs"] == str(ca)
+    keyed = load_settings({"es_url": "https://es:9200", "es_password": "pw", "es_api_key": "k"}, environ={})
+    assert es_client_options(keyed)["api_key"] == "k" and "basic_auth" not in es_client_options(keyed)
+    plain = es_client_options(load_settings({"es_url": "http://es:9200", "es_verify_certs": False}, environ={}))
+    assert plain == {"hosts": ["http://es:9200"], "request_timeout": 60.0, "max_retries": 2}
+    assert isinstance(basic.es_password, SecretStr) and "pw" not in repr(basic)
+
+
+# --- the publish sequence on our own interface --------------------------------------------------------
+class FakeEsApi:
+    """In-memory ``EsApi``: term counts and exact kNN over the stored documents, and a request log."""
+
+    def __init__(self, drop_term: str | None = None) -> None:
+        self.indexes: dict[str, dict[str, dict[str, Any]]] = {}
+        self.bodies: dict[str, Any] = {}
+        self.aliases: dict[str, set[str]] = {}
+        self.calls: list[str] = []
+        self.drop_term = drop_term
+
+    def index_exists(self, name: str) -> bool:
+        return name in self.indexes or name in self.aliases
+
+    def alias_holders(self, alias: str) -> list[str]:
+        return sorted(self.aliases.get(alias, set()))
+
+    def list_indexes(self, pattern: str) -> list[str]:
+        return sorted(n for n in self.indexes if n.startswith(pattern.rstrip("*")))
+
+    def create_index(self, name: str, settings: dict[str, Any], mappings: dict[str, Any]) -> None:
+        self.calls.append(f"create {name}")
+        self.indexes[name], self.bodies[name] = {}, {"settings": settings, "mappings": mappings}
+
+    def bulk(self, actions: Iterator[dict[str, Any]], n_actions: int, progress: bool) -> int:
+        self.calls.append("bulk")
+        for action in actions:
+            source = dict(action["_source"])
+            if self.drop_term in source["terms"]:
+                source["terms"] = [t for t in source["terms"] if t != self.drop_term]
+            self.indexes[action["_index"]][action["_id"]] = source
+        return n_actions
+
+    def put_settings(self, name: str, settings: dict[str, Any]) -> None:
+        self.calls.append(f"settings {name}")
+
+    def refresh_and_merge(self, name: str) -> None:
+        self.calls.append(f"refresh {name}")
+
+    def count(self, name: str, body: dict[str, Any] | None) -> int:
+        docs = self.indexes[name].values()
+        if body is None:
+            return len(docs)
+        term = body["query"]["term"]["terms"]
+        return sum(term in d["terms"] for d in docs)
+
+    def search(self, name: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        query = np.asarray(body["knn"]["query_vector"], dtype=np.float32)
+        docs = [d for d in self.indexes[name].values() if "vector" in d]
+        docs.sort(key=lambda d: -float(np.asarray(d["vector"], dtype=np.float32) @ query))
+        return [{"_source": {"itemid": d["itemid"]}} for d in docs[: body["knn"]["k"]]]
+
+    def update_aliases(self, body: dict[str, Any]) -> None:
+        self.calls.append("aliases")
+        for action in body["actions"]:
+            ((kind, spec),) = action.items()
+            holders = self.aliases.setdefault(spec["alias"], set())
+            holders.discard(spec["index"]) if kind == "remove" else holders.add(spec["index"])
+
+    def delete_index(self, name: str) -> None:
+        self.calls.append(f"delete {name}")
+        self.indexes.pop(name, None)
+        for holders in self.aliases.values():
+            holders.discard(name)
+
+
+def test_publish_builds_verifies_switches_and_cleans_up(tmp_path: Path) -> None:
+    source = load_item_source(write_tiny_artifacts(tmp_path).paths)
+    api = FakeEsApi()
+    api.indexes["items-leftover"] = {}  # what an interrupted run left
+    first = publish_items_to_es(api, source, "items", version=VERSION, progress=False)
+    new = "items-20240102t030405000006z-0a1b"
+    assert api.calls == [
+        f"create {new}",
+        "bulk",
+        f"settings {new}",
+        f"refresh {new}",
+        "aliases",
+        "delete items-leftover",
+    ]
+    assert api.bodies[new]["mappings"] == E.index_mapping(tiny_dim := source.vector_dim) and tiny_dim == 8
+    assert api.aliases["items"] == {new} and first.knn_agreement == 1.0
+    assert first.term_counts == source.term_counts() and sum(first.term_counts.values()) > 0
+    second = publish_items_to_es(api, source, "items", progress=False)
+    assert second.previous_indexes == [new] and second.deleted == [new]
+    assert api.aliases["items"] == {second.index} and list(api.indexes) == [second.index]
+
+
+def test_a_wrong_term_count_keeps_the_alias_and_drops_the_new_index(tmp_path: Path) -> None:
+    source = load_item_source(write_tiny_artifacts(tmp_path).paths)
+    api = FakeEsApi()
+    live = publish_items_to_es(api, source, "items", progress=False)
+    api.drop_term = "Drama"
+    with pytest.raises(PublishVerificationError, match="term 'Drama' matches"):
+        publish_items_to_es(api, source, "items", progress=False)
+    assert api.aliases["items"] == {live.index} and list(api.indexes) == [live.index]
+
+
+def test_a_knn_that_misses_the_best_item_is_refused(tmp_path: Path) -> None:
+    source = load_item_source(write_tiny_artifacts(tmp_path).paths)
+    api = FakeEsApi()
+    api.search = lambda name, body: []  # type: ignore[method-assign]  # an index whose kNN finds nothing
+    with pytest.raises(PublishVerificationError, match="kNN found the exact best item for 0 of"):
+        publish_items_to_es(api, source, "items", progress=False)
+    assert api.indexes == {} and "aliases" not in api.calls
+
+
+def test_a_concrete_index_named_like_the_alias_is_refused(tmp_path: Path) -> None:
+    source = load_item_source(write_tiny_artifacts(tmp_path).paths)
+    api = FakeEsApi()
+    api.indexes["items"] = {}
+    with pytest.raises(PublishVerificationError, match="concrete index is named 'items'"):
+        publish_items_to_es(api, source, "items", progress=False)
+    assert api.calls == []
