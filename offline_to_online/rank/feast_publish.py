@@ -1,0 +1,179 @@
+"""Publish the ranking features through Feast: generate the repository, apply, materialize, read back.
+
+Steps (``publish_features``): check the rank artifacts against the feature spec and build the views
+(nothing is written before this passes); write the repository (``feast_repo``); load the generated
+``features.py`` and ``apply`` its objects with ``FeatureStore.apply``; ``materialize`` the window
+around this version's event time; read sampled entities back with ``get_online_features`` through
+the feature services and compare every feature with the artifacts.
+
+Feast writes each entity's row in one operation, so a reader sees, per entity, either the previous
+row or the new one. Each publish carries a strictly later event time (the version's microsecond
+clock), because Feast's Redis store skips rows that are not newer than what it holds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_exchange_center import online_layout as L
+from data_exchange_center.artifacts import atomic_path, read_parquet, write_parquet
+from data_exchange_center.feature_spec import FeatureSpec
+from data_exchange_center.paths import ArtifactPaths
+from offline_to_online.common import PublishVerificationError
+from offline_to_online.rank import feast_repo as F
+from offline_to_online.recall.redis_users import sample_positions
+
+log = logging.getLogger(__name__)
+
+N_VERIFY_SAMPLE = 500
+MATERIALIZE_LOOKBACK = timedelta(hours=1)
+
+
+@dataclass
+class FeastPublishReport:
+    version: str
+    repo_dir: Path
+    online_store: str
+    n_rows: dict[str, int]
+    n_verified: dict[str, int]
+
+
+@dataclass(frozen=True)
+class PreparedSources:
+    spec: FeatureSpec
+    views: list[F.SourceView]
+    tables: list[pd.DataFrame]  # the rank artifacts, aligned with ``views``
+
+
+def prepare_sources(paths: ArtifactPaths) -> PreparedSources:
+    """Read the spec and the user/item feature tables and check them against each other."""
+    spec = FeatureSpec.load(paths.feature_spec_path)
+    users = read_parquet(paths.user_features_path)
+    items = read_parquet(paths.item_features_path)
+    views = [F.source_view(spec, "user", users), F.source_view(spec, "item", items)]
+    return PreparedSources(spec, views, [users, items])
+
+
+def event_time_of(version: str) -> datetime:
+    """The version id's UTC time (to the microsecond): the event time of this version's rows."""
+    return datetime.strptime(version.split("-")[0], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
+
+
+def write_repo(repo_dir: Path, prepared: PreparedSources, version: str, yaml_config: dict[str, Any]) -> None:
+    """Write the data files, ``features.py`` and ``feature_store.yaml`` (each atomically)."""
+    event_time = event_time_of(version)
+    for view, table in zip(prepared.views, prepared.tables, strict=True):
+        write_parquet(F.source_table(view, table, event_time), repo_dir / view.path)
+    with atomic_path(repo_dir / F.DEFINITIONS_FILE) as tmp:
+        tmp.write_text(F.definitions_py(prepared.views, version, prepared.spec.dataset))
+    with atomic_path(repo_dir / F.YAML_FILE) as tmp:
+        tmp.write_text(F.store_yaml(yaml_config))
+
+
+def load_definitions(repo_dir: Path) -> list[Any]:
+    """The Feast objects that the generated ``features.py`` defines (entities, views, services)."""
+    from feast import Entity, FeatureService, FeatureView
+
+    module_name = f"_recsys_feast_definitions_{abs(hash(repo_dir))}"
+    spec = importlib.util.spec_from_file_location(module_name, repo_dir / F.DEFINITIONS_FILE)
+    if spec is None or spec.loader is None:
+        raise PublishVerificationError(f"cannot load {repo_dir / F.DEFINITIONS_FILE}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules.pop(module_name, None)
+    kinds = (Entity, FeatureView, FeatureService)
+    return [value for value in vars(module).values() if isinstance(value, kinds)]
+
+
+def open_store(repo_dir: Path, config: dict[str, Any]) -> Any:
+    """A ``FeatureStore`` on ``repo_dir`` with ``config`` (the yaml's content, possibly another address)."""
+    from feast import FeatureStore, RepoConfig
+
+    repo_config = RepoConfig(**config)
+    repo_config.repo_path = repo_dir
+    return FeatureStore(repo_path=str(repo_dir), config=repo_config)
+
+
+def apply_and_materialize(store: Any, objects: list[Any], version: str) -> None:
+    event_time = event_time_of(version)
+    store.apply(objects)
+    store.materialize(start_date=event_time - MATERIALIZE_LOOKBACK, end_date=event_time + timedelta(seconds=1))
+
+
+def read_online(store: Any, view: F.SourceView, ids: list[int]) -> pd.DataFrame:
+    """Features of ``ids`` through the view's feature service, as a frame (one row per id)."""
+    service = store.get_feature_service(view.service)
+    rows = [{view.join_key: int(i)} for i in ids]
+    return pd.DataFrame(store.get_online_features(features=service, entity_rows=rows).to_dict())
+
+
+def verify_online(store: Any, view: F.SourceView, table: pd.DataFrame, n_sample: int = N_VERIFY_SAMPLE) -> int:
+    """Sampled entities read back equal to the artifact, feature by feature; returns the sample size."""
+    sample = table.iloc[sample_positions(len(table), n_sample)].reset_index(drop=True)
+    online = read_online(store, view, sample[view.join_key].tolist())
+    for name, kind in view.features:
+        if name not in online.columns:
+            raise PublishVerificationError(f"Feast {view.service} does not return feature {name!r}")
+        expected, actual = sample[name], online[name]
+        if actual.isna().any():
+            raise PublishVerificationError(f"Feast {view.view}: {int(actual.isna().sum())} sampled rows lack {name!r}")
+        if not values_equal(expected, actual, kind):
+            bad = int(np.flatnonzero(~elementwise_equal(expected, actual, kind))[0])
+            raise PublishVerificationError(
+                f"Feast {view.view}, {view.join_key} {sample[view.join_key][bad]}: {name} = {actual[bad]!r}, "
+                f"artifact {expected[bad]!r}"
+            )
+    return len(sample)
+
+
+def elementwise_equal(expected: pd.Series, actual: pd.Series, kind: str) -> np.ndarray:
+    if kind == "Float32":
+        return expected.to_numpy(np.float32) == actual.to_numpy(np.float32)
+    if kind == "Float64":
+        return expected.to_numpy(np.float64) == actual.to_numpy(np.float64)
+    if kind in ("Int64", "Bool"):
+        return expected.to_numpy(np.int64) == actual.to_numpy(np.int64)
+    return expected.astype(str).to_numpy() == actual.astype(str).to_numpy()
+
+
+def values_equal(expected: pd.Series, actual: pd.Series, kind: str) -> bool:
+    return bool(elementwise_equal(expected, actual, kind).all())
+
+
+def publish_features(
+    paths: ArtifactPaths,
+    prepared: PreparedSources,
+    *,
+    yaml_redis_url: str | None,
+    store_redis_url: str | None,
+    project: str = L.FEAST_PROJECT,
+    version: str | None = None,
+    n_verify: int = N_VERIFY_SAMPLE,
+) -> FeastPublishReport:
+    """Write the repository, apply, materialize and verify (SQLite when both URLs are None).
+
+    ``yaml_redis_url`` is the Redis that the feature server will use (written to the yaml);
+    ``store_redis_url`` the one this process reaches (they differ inside and outside compose).
+    """
+    version = version or L.new_version()
+    repo_dir = paths.feature_repo_dir
+    write_repo(repo_dir, prepared, version, F.store_config(project, yaml_redis_url))
+    store = open_store(repo_dir, F.store_config(project, store_redis_url, password_placeholder=False))
+    apply_and_materialize(store, load_definitions(repo_dir), version)
+    n_verified = {
+        view.service: verify_online(store, view, table, n_verify)
+        for view, table in zip(prepared.views, prepared.tables, strict=True)
+    }
+    n_rows = {view.service: len(table) for view, table in zip(prepared.views, prepared.tables, strict=True)}
+    kind = "redis" if store_redis_url else "sqlite"
+    log.info("Feast: version %s applied and materialized to %s, %s, read back %s", version, kind, n_rows, n_verified)
+    return FeastPublishReport(version, repo_dir, kind, n_rows, n_verified)
