@@ -89,6 +89,11 @@ class ArtifactPaths:
         return self.recall_dir / "item_neighbors.parquet"
 
     @property
+    def chain_config_path(self) -> Path:
+        """Chain parameters selected offline (e.g. the number of item-to-item triggers)."""
+        return self.recall_dir / "chain_config.json"
+
+    @property
     def user_seen_path(self) -> Path:
         return self.recall_dir / "user_seen.parquet"
 

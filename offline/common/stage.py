@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import resource
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from data_exchange_center.artifacts import ArtifactError, update_metrics
 from data_exchange_center.paths import ArtifactPaths
 
 log = logging.getLogger("recsys")
+T = TypeVar("T")
 
 
 class DataError(Exception):
@@ -59,3 +62,16 @@ def run_stage(name: str, args: argparse.Namespace, work: Callable[[ArtifactPaths
     update_metrics(paths.metrics_path, {"timings_s": {name: round(elapsed, 3)}})
     log.info("%s done in %.1f s (peak memory %.0f MiB)", name, elapsed, peak_memory_mib())
     return 0
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
+    """One ``--flag`` per field of a config dataclass, with the dataclass default as the default."""
+    defaults = config_type()
+    for field in dataclasses.fields(config_type):
+        value = getattr(defaults, field.name)
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
+
+
+def config_from_args(config_type: type[T], args: argparse.Namespace) -> T:
+    return config_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)})  # type: ignore[arg-type]

@@ -1,0 +1,128 @@
+"""The recommendation chain's pure steps, shared by the online service and the offline evaluation.
+
+The online service fetches data from its backends (profiles, neighbours, kNN and term hits, features,
+scores) and calls these functions; the offline evaluation calls the same functions with data from the
+artifacts. So the list that is served is the list that was evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from data_exchange_center.item_index import Ranked, top_k
+
+CHANNELS = ("i2i", "vector", "term", "popularity")
+TRIGGER_WEIGHT_LIKED = 1.0  # a liked (rating > 3) offline item as an item-to-item trigger
+TRIGGER_WEIGHT_OTHER = 0.3  # a watched but not liked item: still evidence of taste, weaker
+DEFAULT_MAX_TRIGGERS = 20  # the user's most recent seen items used as triggers (selected on validation)
+
+
+class ItemIndexLike(Protocol):
+    """What the chain needs of an item index (in-process ``ItemIndex`` or the Elasticsearch adapter)."""
+
+    def search_popular(self, k: int, exclude: np.ndarray | None = None) -> Ranked: ...
+
+    def search_terms(self, terms: list[str], k: int, exclude: np.ndarray | None = None) -> Ranked: ...
+
+    def search_vector(self, query: np.ndarray, k: int, exclude: np.ndarray | None = None) -> Ranked: ...
+
+    def neighbors_of(self, items: np.ndarray) -> Ranked: ...
+
+
+@dataclass(frozen=True)
+class UserState:
+    """What the user profile store holds for one user (empty for an unknown user)."""
+
+    terms: list[str]
+    vector: np.ndarray | None  # (dim,) float32
+    seen: np.ndarray  # (n_seen,) int64 offline items, time order
+    seen_labels: np.ndarray  # (n_seen,) int8
+
+    @classmethod
+    def unknown(cls) -> UserState:
+        return cls([], None, np.zeros(0, np.int64), np.zeros(0, np.int8))
+
+
+def recall_channels(
+    index: ItemIndexLike, user: UserState, quotas: dict[str, int], max_triggers: int = DEFAULT_MAX_TRIGGERS
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+    """Each channel's (items, scores), seen items excluded, at most ``quotas[channel]`` items; and the
+    item-to-item scores of every reachable item (for the final score)."""
+    seen = np.sort(user.seen)
+    results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    i2i_all = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if len(user.seen) and max_triggers > 0:
+        triggers = user.seen[-max_triggers:]
+        nbr, weights = index.neighbors_of(triggers)
+        i2i_all = i2i_scores(nbr, weights, trigger_weights(user.seen_labels[-max_triggers:]))
+        if quotas.get("i2i", 0):
+            results["i2i"] = top_k(*i2i_all, quotas["i2i"], seen)
+    if quotas.get("vector", 0) and user.vector is not None:
+        results["vector"] = index.search_vector(user.vector, quotas["vector"], seen)
+    if quotas.get("term", 0) and user.terms:
+        results["term"] = index.search_terms(user.terms, quotas["term"], seen)
+    if quotas.get("popularity", 0):
+        results["popularity"] = index.search_popular(quotas["popularity"], seen)
+    return results, i2i_all
+
+
+def trigger_weights(labels: np.ndarray) -> np.ndarray:
+    """Per seen item, its weight as an item-to-item trigger."""
+    return np.where(np.asarray(labels) > 0, TRIGGER_WEIGHT_LIKED, TRIGGER_WEIGHT_OTHER).astype(np.float32)
+
+
+def i2i_scores(neighbor_items: np.ndarray, neighbor_weights: np.ndarray, triggers: np.ndarray) -> Ranked:
+    """Item-to-item scores of every reachable item: sum over triggers of trigger weight x neighbour weight.
+
+    ``neighbor_items``/``neighbor_weights`` are (n_triggers, n_neighbors) with -1 padding;
+    ``triggers`` is (n_triggers,). Returns (items, scores) sorted by item id.
+    """
+    flat = neighbor_items.ravel()
+    contrib = (neighbor_weights * triggers[:, None]).ravel()
+    valid = flat >= 0
+    items, inverse = np.unique(flat[valid], return_inverse=True)
+    scores = np.bincount(inverse, weights=contrib[valid], minlength=len(items)).astype(np.float32)
+    return items, scores
+
+
+@dataclass
+class Candidates:
+    """Merged candidates of all channels, de-duplicated, with what the final score needs."""
+
+    items: np.ndarray  # (n,) int64, in merge order (channel order, then channel rank)
+    i2i_score: np.ndarray  # (n,) float32: item-to-item score (0 when unreachable)
+    channel: np.ndarray  # (n,) object: the first channel that proposed the item
+    rank_in_channel: np.ndarray  # (n,) int64: its rank in that channel
+    counts: dict[str, int] = field(default_factory=dict)  # candidates contributed per channel
+
+
+def merge_candidates(
+    channel_results: dict[str, tuple[np.ndarray, np.ndarray]],
+    i2i_items: np.ndarray,
+    i2i_all_scores: np.ndarray,
+) -> Candidates:
+    """Concatenate channel results in ``CHANNELS`` order, keep each item's first occurrence, and attach
+    every candidate's item-to-item score (looked up in the sorted ``i2i_items``/``i2i_all_scores``)."""
+    items_parts, channel_parts, rank_parts = [], [], []
+    for name in CHANNELS:
+        items, _ = channel_results.get(name, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
+        items_parts.append(np.asarray(items, dtype=np.int64))
+        channel_parts.append(np.full(len(items), name, dtype=object))
+        rank_parts.append(np.arange(len(items)))
+    all_items = np.concatenate(items_parts)
+    _, first = np.unique(all_items, return_index=True)
+    first = np.sort(first)
+    items = all_items[first]
+    channel = np.concatenate(channel_parts)[first]
+    pos = np.searchsorted(i2i_items, items)
+    pos = np.minimum(pos, max(len(i2i_items) - 1, 0))
+    found = (i2i_items[pos] == items) if len(i2i_items) else np.zeros(len(items), dtype=bool)
+    i2i = np.where(found, i2i_all_scores[pos] if len(i2i_items) else 0.0, 0.0).astype(np.float32)
+    counts = {name: int((channel == name).sum()) for name in CHANNELS}
+    return Candidates(items, i2i, channel, np.concatenate(rank_parts)[first], counts)
+
+
+__all__ = ["Candidates", "UserState", "i2i_scores", "merge_candidates", "recall_channels", "top_k", "trigger_weights"]

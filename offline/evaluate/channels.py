@@ -1,0 +1,81 @@
+"""Per-user recommenders for each recall channel, built from the artifacts with the shared chain steps.
+
+The recall stages evaluate their own channel with these; the top-K report evaluates all of them, the
+merged candidates and the final ranked list (``offline/evaluate/s1_topk_report.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from data_exchange_center import chain
+from data_exchange_center import schema as S
+from data_exchange_center.artifacts import read_npz, read_parquet
+from data_exchange_center.item_index import ItemIndex
+from data_exchange_center.paths import ArtifactPaths
+
+Recommender = Callable[[int], np.ndarray]
+
+
+class UserStates:
+    """User terms, vectors and seen items from the artifacts (the embedded profile store's content)."""
+
+    def __init__(self, paths: ArtifactPaths, with_vectors: bool = True) -> None:
+        profiles = read_parquet(paths.user_profiles_path, (S.USER_ID, S.TERMS))
+        self.terms = dict(zip(profiles[S.USER_ID].to_numpy(), profiles[S.TERMS], strict=True))
+        seen = read_parquet(paths.user_seen_path, (S.USER_ID, S.ITEMS, S.LABELS))
+        self.seen = dict(zip(seen[S.USER_ID].to_numpy(), seen[S.ITEMS], strict=True))
+        self.labels = dict(zip(seen[S.USER_ID].to_numpy(), seen[S.LABELS], strict=True))
+        self.vectors: dict[int, np.ndarray] = {}
+        if with_vectors:
+            arrays = read_npz(paths.user_vectors_path, (S.VECTOR_IDS, S.VECTORS))
+            self.vectors = dict(zip(arrays[S.VECTOR_IDS].tolist(), arrays[S.VECTORS], strict=True))
+
+    def get(self, user_id: int) -> chain.UserState:
+        empty = np.zeros(0, dtype=np.int64)
+        return chain.UserState(
+            terms=list(self.terms.get(user_id, [])),
+            vector=self.vectors.get(user_id),
+            seen=np.asarray(self.seen.get(user_id, empty), dtype=np.int64),
+            seen_labels=np.asarray(self.labels.get(user_id, empty), dtype=np.int8),
+        )
+
+
+def channel_recommender(
+    index: ItemIndex, users: UserStates, channel: str, k: int, max_triggers: int = chain.DEFAULT_MAX_TRIGGERS
+) -> Recommender:
+    """Top ``k`` of one channel, filled up with popularity when the channel has fewer than ``k`` items."""
+
+    def recommend(user_id: int) -> np.ndarray:
+        user = users.get(user_id)
+        results, _ = chain.recall_channels(index, user, {channel: k, "popularity": k}, max_triggers)
+        own = results.get(channel, (np.zeros(0, np.int64), None))[0]
+        fill = results["popularity"][0]
+        return np.concatenate([own, fill[~np.isin(fill, own)]])[:k]
+
+    return recommend
+
+
+def popularity_table(samples: pd.DataFrame) -> pd.DataFrame:
+    """Items by number of positive offline impressions (the popularity channel), most popular first."""
+    offline = samples[(samples[S.SPLIT] != S.SPLIT_ONLINE) & (samples[S.LABEL] == 1)]
+    counts = offline.groupby(S.ITEM_ID).size().sort_values(ascending=False, kind="stable")
+    return pd.DataFrame({S.ITEM_ID: counts.index.to_numpy(np.int64), S.SCORE: counts.to_numpy(np.float32)})
+
+
+def user_seen_table(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per user, the offline items in time order with their labels (the seen filter and i2i triggers)."""
+    offline = samples[samples[S.SPLIT] != S.SPLIT_ONLINE]  # sorted by user, then time
+    user_ids, items = split_by_user(offline, S.ITEM_ID)
+    _, labels = split_by_user(offline, S.LABEL)
+    return pd.DataFrame({S.USER_ID: user_ids, S.ITEMS: items, S.LABELS: [a.astype(np.int8) for a in labels]})
+
+
+def split_by_user(rows: pd.DataFrame, column: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """User ids and, per user, the values of ``column`` (rows sorted by user; order kept)."""
+    users = rows[S.USER_ID].to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+    return users[starts].astype(np.int64), np.split(rows[column].to_numpy(), starts[1:])

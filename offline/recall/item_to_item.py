@@ -1,0 +1,63 @@
+"""The item-to-item channel: EASE (Steck, 2019), a closed-form linear item-item model, kept as a
+top-N neighbour table so that any backend can serve it (a key-value or document look-up per item).
+
+EASE solves ``min_B ||X - X B||^2 + lambda ||B||^2`` with ``diag(B) = 0`` over the user-item matrix
+``X`` of all offline impressions (implicit feedback: the user rated the item). The solution is
+``B = I - P diag(1 / diag(P))`` with ``P = (X^T X + lambda I)^-1``. The catalogue is capped at the
+``max_items`` most frequent items, because the inverse is dense (n_items^2 memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from data_exchange_center import schema as S
+
+
+@dataclass(frozen=True)
+class ItemToItemConfig:
+    l2: float = 500.0  # lambda
+    n_neighbors: int = 200  # neighbours kept per item
+    max_items: int = 20_000  # items in the model (most frequent first)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def fit_ease(interactions: pd.DataFrame, config: ItemToItemConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Item ids (m,) and the EASE weight matrix B (m, m) from (userid, itemid) impressions."""
+    counts = interactions[S.ITEM_ID].value_counts()
+    item_ids = np.sort(counts.index.to_numpy()[: config.max_items].astype(np.int64))
+    kept = interactions[interactions[S.ITEM_ID].isin(item_ids)]
+    rows = pd.factorize(kept[S.USER_ID])[0]
+    cols = np.searchsorted(item_ids, kept[S.ITEM_ID].to_numpy())
+    x = sp.csr_matrix((np.ones(len(kept), dtype=np.float64), (rows, cols)), shape=(rows.max() + 1, len(item_ids)))
+    gram = (x.T @ x).toarray()  # (m, m)
+    gram[np.diag_indices_from(gram)] += config.l2
+    precision = np.linalg.inv(gram)
+    weights = precision / (-np.diag(precision))  # B = I - P diag(1/diag(P)), off-diagonal part
+    np.fill_diagonal(weights, 0.0)
+    return item_ids, weights.astype(np.float32)
+
+
+def neighbor_table(item_ids: np.ndarray, weights: np.ndarray, n_neighbors: int) -> pd.DataFrame:
+    """The ``n_neighbors`` largest weights of each item's row: (itemid, neighbor, weight), weight desc."""
+    n = min(n_neighbors, len(item_ids) - 1)
+    if n <= 0:
+        return pd.DataFrame({S.ITEM_ID: [], S.NEIGHBOR: [], S.WEIGHT: []})
+    top = np.argpartition(-weights, n - 1, axis=1)[:, :n]  # (m, n)
+    top_w = np.take_along_axis(weights, top, axis=1)
+    order = np.argsort(-top_w, axis=1, kind="stable")
+    top, top_w = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_w, order, axis=1)
+    table = pd.DataFrame(
+        {
+            S.ITEM_ID: np.repeat(item_ids, n),
+            S.NEIGHBOR: item_ids[top.ravel()],
+            S.WEIGHT: top_w.ravel().astype(np.float32),
+        }
+    )
+    return table[table[S.WEIGHT] > 0].reset_index(drop=True)

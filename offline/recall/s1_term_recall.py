@@ -1,0 +1,59 @@
+"""Stage recall/1: the popularity fallback, the users' seen-item filters, and the genre-term channel.
+
+Reads preprocess/samples.parquet, preprocess/user_profiles.parquet (user terms: genres with at least 3
+clicks among the last 10 offline impressions) and preprocess/item_terms.parquet. Writes
+recall/popularity.parquet and recall/user_seen.parquet, and evaluates the popularity baseline and the
+term channel (items carrying the user's genres, most matching genres first, then popularity; filled up
+with popularity) on the online holdout.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from data_exchange_center import schema as S
+from data_exchange_center.artifacts import read_parquet, update_metrics, write_metadata, write_parquet
+from data_exchange_center.item_index import ItemIndex
+from data_exchange_center.paths import ArtifactPaths
+from offline.common.stage import run_stage, stage_parser
+from offline.evaluate.channels import UserStates, channel_recommender, popularity_table, user_seen_table
+from offline.evaluate.holdout import TOPK, Holdout, evaluate_recommender
+from offline.preprocess.s1_data_split import dataset_name
+
+log = logging.getLogger(__name__)
+
+
+def term_recall(paths: ArtifactPaths) -> dict[str, dict[str, float]]:
+    samples = read_parquet(paths.samples_path, S.SAMPLES_COLUMNS)
+    popularity = popularity_table(samples)
+    seen = user_seen_table(samples)
+    write_parquet(popularity, paths.popularity_path)
+    write_parquet(seen, paths.user_seen_path)
+    index = ItemIndex.load(paths, with_vectors=False, with_neighbors=False)
+    users = UserStates(paths, with_vectors=False)
+    holdout = Holdout.from_samples(samples)
+    results = {
+        channel: evaluate_recommender(holdout, channel_recommender(index, users, channel, TOPK), desc=channel)
+        for channel in ("popularity", "term")
+    }
+    for channel, metrics in results.items():
+        log.info("%s@%d on the online holdout: %s", channel, TOPK, metrics)
+    write_metadata(
+        paths.recall_dir,
+        "s1_term_recall",
+        {"n_popular_items": len(popularity), "n_users": len(seen), **results},
+        config={"term_min_clicks": S.TERM_MIN_CLICKS},
+        dataset=dataset_name(paths),
+    )
+    update_metrics(paths.metrics_path, {"topk": {"k": TOPK, **results}})
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser(__doc__ or "").parse_args(argv)
+    return run_stage("s1_term_recall", args, term_recall)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
