@@ -125,4 +125,47 @@ def merge_candidates(
     return Candidates(items, i2i, channel, np.concatenate(rank_parts)[first], counts)
 
 
-__all__ = ["Candidates", "UserState", "i2i_scores", "merge_candidates", "recall_channels", "top_k", "trigger_weights"]
+__all__ = [
+    "Candidates",
+    "RankingPolicy",
+    "UserState",
+    "final_scores",
+    "i2i_scores",
+    "merge_candidates",
+    "rank_and_cut",
+    "recall_channels",
+    "top_k",
+    "trigger_weights",
+]
+
+
+@dataclass(frozen=True)
+class RankingPolicy:
+    """How the final score combines "will watch" (item-to-item evidence) and "will like" (the ranker).
+
+    ``final = (watch + prior_weight * channel_prior) * p_like ** like_weight`` where ``watch`` is the
+    candidate's item-to-item score divided by the best one among the candidates (0 if unreachable) and
+    ``channel_prior = 1 / (1 + rank in the channel that proposed it)`` orders candidates that only
+    another channel reached (cold users, few triggers).
+    """
+
+    like_weight: float = 1.0
+    prior_weight: float = 0.01
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, float]) -> RankingPolicy:
+        return cls(**{k: float(v) for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+
+def final_scores(candidates: Candidates, like_probs: np.ndarray, policy: RankingPolicy) -> np.ndarray:
+    """The final score of every candidate, (n,) float32; ``like_probs`` is the ranker's output (n,)."""
+    best = float(candidates.i2i_score.max()) if len(candidates.items) else 0.0
+    watch = np.clip(candidates.i2i_score, 0.0, None) / best if best > 0 else np.zeros(len(candidates.items))
+    prior = 1.0 / (1.0 + candidates.rank_in_channel)
+    like = np.clip(np.asarray(like_probs, dtype=np.float64).reshape(-1), 1e-6, 1.0)
+    return ((watch + policy.prior_weight * prior) * like**policy.like_weight).astype(np.float32)
+
+
+def rank_and_cut(candidates: Candidates, scores: np.ndarray, size: int) -> Ranked:
+    """The ``size`` best candidates by final score (ties by item id)."""
+    return top_k(candidates.items, scores, size)
