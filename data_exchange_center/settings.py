@@ -81,6 +81,8 @@ def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, st
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         key = name.removeprefix(ENV_PREFIX).lower()
+        if key in fields and raw == "" and fields[key].default is None:
+            continue  # an empty optional value (compose passes RECSYS_API_KEY="") means unset
         if key in fields:
             values[key] = raw
             source[key] = f"environment variable {name}"
