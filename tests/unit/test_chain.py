@@ -1,0 +1,107 @@
+"""The chain's pure steps: item-to-item scores, top-k, merging, final score; and the top-K metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_exchange_center import chain
+from data_exchange_center import schema as S
+from data_exchange_center.item_index import ItemIndex, neighbor_matrix, top_k
+from offline.evaluate.topk_metrics import topk_metrics
+
+pytestmark = pytest.mark.unit
+
+
+def test_i2i_scores_equal_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    neighbors = rng.integers(1, 30, size=(6, 8))
+    neighbors[2, 5:] = -1  # padding
+    weights = rng.random((6, 8)).astype(np.float32)
+    triggers = rng.random(6).astype(np.float32)
+    items, scores = chain.i2i_scores(neighbors, weights, triggers)
+    expected: dict[int, float] = {}
+    for t in range(6):
+        for j in range(8):
+            if neighbors[t, j] >= 0:
+                expected[int(neighbors[t, j])] = expected.get(int(neighbors[t, j]), 0.0) + weights[t, j] * triggers[t]
+    assert items.tolist() == sorted(expected)
+    np.testing.assert_allclose(scores, [expected[i] for i in items.tolist()], rtol=1e-5)
+
+
+def test_top_k_excludes_and_breaks_ties_by_id() -> None:
+    items = np.array([5, 3, 9, 1, 7])
+    scores = np.array([1.0, 2.0, 2.0, 0.5, 3.0], dtype=np.float32)
+    got_items, got_scores = top_k(items, scores, 3, exclude=np.array([7]))
+    assert got_items.tolist() == [3, 9, 5]
+    assert got_scores.tolist() == [2.0, 2.0, 1.0]
+    assert top_k(items, scores, 0)[0].size == 0
+
+
+def test_trigger_weights() -> None:
+    assert chain.trigger_weights(np.array([1, 0, 1])).tolist() == pytest.approx(
+        [chain.TRIGGER_WEIGHT_LIKED, chain.TRIGGER_WEIGHT_OTHER, chain.TRIGGER_WEIGHT_LIKED]
+    )
+
+
+def test_merge_keeps_first_channel_and_attaches_i2i_scores() -> None:
+    results = {
+        "popularity": (np.array([1, 2, 3]), np.array([9.0, 8.0, 7.0])),
+        "i2i": (np.array([3, 4]), np.array([0.9, 0.5])),
+        "term": (np.array([4, 5]), np.array([1.0, 1.0])),
+    }
+    merged = chain.merge_candidates(results, np.array([3, 4, 8]), np.array([0.9, 0.5, 0.1], dtype=np.float32))
+    assert merged.items.tolist() == [3, 4, 5, 1, 2]  # channel order i2i, vector, term, popularity
+    assert merged.channel.tolist() == ["i2i", "i2i", "term", "popularity", "popularity"]
+    assert merged.i2i_score.tolist() == pytest.approx([0.9, 0.5, 0.0, 0.0, 0.0])
+    assert merged.counts == {"i2i": 2, "vector": 0, "term": 1, "popularity": 2}
+
+
+def test_final_score_combines_watch_and_like() -> None:
+    results = {"i2i": (np.array([10, 11, 12]), np.array([1.0, 0.8, 0.1])), "popularity": (np.array([13]), np.array([5.0]))}
+    merged = chain.merge_candidates(results, np.array([10, 11, 12]), np.array([1.0, 0.8, 0.1], dtype=np.float32))
+    like = np.array([0.2, 0.9, 0.9, 0.9], dtype=np.float32)
+    scores = chain.final_scores(merged, like, chain.RankingPolicy(like_weight=1.0, prior_weight=0.01))
+    ranked, _ = chain.rank_and_cut(merged, scores, 3)
+    assert ranked.tolist() == [11, 10, 12]  # a liked strong neighbour beats a disliked stronger one
+    only_watch = chain.final_scores(merged, like, chain.RankingPolicy(like_weight=0.0))
+    assert chain.rank_and_cut(merged, only_watch, 1)[0].tolist() == [10]
+
+
+def test_recall_channels_filter_seen_items() -> None:
+    index = tiny_index()
+    user = chain.UserState(["Comedy"], np.array([1.0, 0.0], np.float32), np.array([1, 2]), np.array([1, 0], np.int8))
+    results, i2i_all = chain.recall_channels(index, user, {"i2i": 5, "vector": 5, "term": 5, "popularity": 5})
+    for items, _ in results.values():
+        assert not set(items.tolist()) & {1, 2}
+    assert results["term"][0].tolist() == [4, 3]  # comedies by popularity
+    assert results["vector"][0][0] == 3
+    assert set(i2i_all[0].tolist()) == {2, 3, 4}
+
+
+def tiny_index() -> ItemIndex:
+    item_ids = np.array([1, 2, 3, 4])
+    neighbors = pd.DataFrame({S.ITEM_ID: [1, 1, 2], S.NEIGHBOR: [3, 4, 2], S.WEIGHT: [0.5, 0.2, 0.1]})
+    nbr_items, nbr_weights = neighbor_matrix(neighbors, item_ids)
+    return ItemIndex(
+        item_ids=item_ids,
+        popularity=np.array([10.0, 9.0, 1.0, 5.0], np.float32),
+        term_names=["Comedy", "Drama"],
+        term_flags=np.array([[1, 0], [0, 1], [1, 0], [1, 1]], dtype=bool),
+        vector_ids=item_ids,
+        vectors=np.array([[0.0, 1.0], [0.1, 0.0], [2.0, 0.0], [1.0, 0.0]], np.float32),
+        neighbor_items=nbr_items,
+        neighbor_weights=nbr_weights,
+    )
+
+
+def test_topk_metrics_golden_values() -> None:
+    recommended = [np.array([1, 2, 3]), np.array([4, 5, 6]), np.array([7])]
+    relevant = [np.array([2, 9]), np.array([8]), np.array([], dtype=np.int64)]
+    m = topk_metrics(recommended, relevant, 3)
+    assert m["n_users"] == 2  # users without relevant items are not averaged
+    assert m["recall"] == pytest.approx((0.5 + 0.0) / 2)
+    assert m["hit_rate"] == pytest.approx(0.5)
+    idcg = 1 + 1 / np.log2(3)
+    assert m["ndcg"] == pytest.approx((1 / np.log2(3)) / idcg / 2, abs=1e-6)  # reported to 6 digits
