@@ -86,7 +86,7 @@ def brute_force_pit(samples: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
     """Loop over impressions: counts over the user's previous 10, strictly earlier."""
     genres_of = dict(zip(items[S.ITEM_ID], items[S.GENRES], strict=True))
     out = np.zeros((len(samples), 2 * len(GENRES)), dtype=np.int64)
-    for user, rows in samples.groupby(S.USER_ID, sort=False):
+    for _, rows in samples.groupby(S.USER_ID, sort=False):
         positions = rows.index.to_numpy()
         for j, pos in enumerate(positions):
             for prev in positions[max(0, j - S.PIT_WINDOW) : j]:
@@ -139,7 +139,9 @@ def test_online_profile_equals_training_feature_of_a_next_impression() -> None:
 
 
 def test_history_stats_are_point_in_time() -> None:
-    ratings = pd.DataFrame({S.USER_ID: 1, S.ITEM_ID: [100, 101, 102], S.RATING: [5.0, 1.0, 4.0], S.TIMESTAMP: [1, 2, 3]})
+    ratings = pd.DataFrame(
+        {S.USER_ID: 1, S.ITEM_ID: [100, 101, 102], S.RATING: [5.0, 1.0, 4.0], S.TIMESTAMP: [1, 2, 3]}
+    )
     items = pd.DataFrame({S.ITEM_ID: [100, 101, 102], S.TITLE: "t", S.GENRES: [["Action"]] * 3})
     samples = split_by_time(ratings, n_online=0, train_fraction=0.5)
     features = training_pit_features(samples, item_genre_flags(items, ["Action"]), ["Action"])
