@@ -55,7 +55,7 @@ def write_json(obj: Any, path: Path) -> Path:
 
 def write_npz(path: Path, **arrays: np.ndarray) -> Path:
     with atomic_path(path) as tmp, tmp.open("wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, allow_pickle=False, **arrays)
     return path
 
 

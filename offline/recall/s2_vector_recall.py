@@ -41,7 +41,7 @@ def interactions(rows: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray)
     )
 
 
-def vector_recall(paths: ArtifactPaths, config: FactorizationConfig) -> dict[str, float]:
+def vector_recall(paths: ArtifactPaths, config: FactorizationConfig) -> dict[str, object]:
     samples = read_parquet(paths.samples_path, S.SAMPLES_COLUMNS)
     item_ids = np.sort(read_parquet(paths.item_terms_path, (S.ITEM_ID,))[S.ITEM_ID].to_numpy(np.int64))
     user_ids = np.unique(samples[S.USER_ID].to_numpy())
