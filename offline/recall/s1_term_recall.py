@@ -2,9 +2,10 @@
 
 Reads preprocess/samples.parquet, preprocess/user_profiles.parquet (user terms: genres with at least 3
 clicks among the last 10 offline impressions) and preprocess/item_terms.parquet. Writes
-recall/popularity.parquet and recall/user_seen.parquet, and evaluates the popularity baseline and the
-term channel (items carrying the user's genres, most matching genres first, then popularity; filled up
-with popularity) on the online holdout.
+recall/popularity.parquet and recall/user_seen.parquet. The term channel itself is a query at serving
+time (items carrying the user's genres, most matching genres first, then popularity); it and the
+popularity baseline are evaluated on the online holdout by offline/evaluate/s1_topk_report.py, with
+every other channel, in one pass. ``--evaluate`` evaluates the two here too.
 """
 
 from __future__ import annotations
@@ -24,12 +25,29 @@ from offline.preprocess.s1_data_split import dataset_name
 log = logging.getLogger(__name__)
 
 
-def term_recall(paths: ArtifactPaths) -> dict[str, dict[str, float]]:
+def term_recall(paths: ArtifactPaths, evaluate: bool = False) -> dict[str, dict[str, float]]:
     samples = read_parquet(paths.samples_path, S.SAMPLES_COLUMNS)
     popularity = popularity_table(samples)
     seen = user_seen_table(samples)
     write_parquet(popularity, paths.popularity_path)
     write_parquet(seen, paths.user_seen_path)
+    n_with_terms = int((read_parquet(paths.user_profiles_path, (S.TERMS,))[S.TERMS].map(len) > 0).sum())
+    log.info(
+        "%d items by popularity, seen lists of %d users, %d users with genre terms",
+        len(popularity),
+        len(seen),
+        n_with_terms,
+    )
+    outputs = {"n_popular_items": len(popularity), "n_users": len(seen), "n_users_with_terms": n_with_terms}
+    if not evaluate:
+        write_metadata(
+            paths.recall_dir,
+            "s1_term_recall",
+            outputs,
+            dataset=dataset_name(paths),
+            config={"term_min_clicks": S.TERM_MIN_CLICKS},
+        )
+        return {}
     index = ItemIndex.load(paths, with_vectors=False, with_neighbors=False)
     users = UserStates(paths, with_vectors=False)
     holdout = Holdout.from_samples(samples)
@@ -42,7 +60,7 @@ def term_recall(paths: ArtifactPaths) -> dict[str, dict[str, float]]:
     write_metadata(
         paths.recall_dir,
         "s1_term_recall",
-        {"n_popular_items": len(popularity), "n_users": len(seen), **results},
+        {**outputs, **results},
         config={"term_min_clicks": S.TERM_MIN_CLICKS},
         dataset=dataset_name(paths),
     )
@@ -51,8 +69,10 @@ def term_recall(paths: ArtifactPaths) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_parser(__doc__ or "").parse_args(argv)
-    return run_stage("s1_term_recall", args, term_recall)
+    parser = stage_parser(__doc__ or "")
+    parser.add_argument("--evaluate", action="store_true", help="also evaluate popularity and terms on the holdout")
+    args = parser.parse_args(argv)
+    return run_stage("s1_term_recall", args, lambda paths: term_recall(paths, args.evaluate))
 
 
 if __name__ == "__main__":
