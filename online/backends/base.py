@@ -1,0 +1,114 @@
+"""One small interface per backend role, and the errors an adapter may raise.
+
+A request reads one immutable snapshot per role (``current()``), so everything it uses comes from one
+published version, and a version switch (a new snapshot swapped in by ``online.service.versions``)
+never changes data under a running request.
+
+- ``ProfileStore``: a user's recall state (terms, vector, seen items) or ``None`` for an unknown user.
+- ``ItemIndexProvider``: the item index (``data_exchange_center.chain.ItemIndexLike``) and chain
+  parameters of the live item version.
+- ``FeatureStore``: encoded ranking features: one user row per request, item rows from a per-version cache.
+- ``Scorer``: the ranker's like probability of encoded rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from data_exchange_center.chain import DEFAULT_MAX_TRIGGERS, ItemIndexLike, RankingPolicy, UserState
+
+Encoded = tuple[np.ndarray, np.ndarray]  # sparse int64 (n, k), dense float32 (n, m)
+
+
+class BackendError(Exception):
+    """A backend call failed or exceeded its time budget; the chain falls back and marks it degraded."""
+
+    def __init__(self, backend: str, message: str) -> None:
+        self.backend = backend
+        super().__init__(f"{backend}: {message}")
+
+
+class NotLoaded(Exception):
+    """A role has no snapshot yet (artifacts not published, or still loading)."""
+
+
+@dataclass(frozen=True)
+class ReadyStatus:
+    """What ``GET /ready`` reports for one role."""
+
+    ready: bool
+    backend: str
+    version: str | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"ready": self.ready, "backend": self.backend, "version": self.version}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass(frozen=True)
+class ChainParams:
+    """Chain parameters selected offline (``recall/chain_config.json``) and the quotas from settings."""
+
+    quotas: dict[str, int]
+    max_triggers: int = DEFAULT_MAX_TRIGGERS
+    policy: RankingPolicy = field(default_factory=RankingPolicy)
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    index: ItemIndexLike
+    params: ChainParams
+    version: str
+
+
+class Lifecycle(Protocol):
+    name: str  # the role's backend name in /ready, metrics and logs
+
+    def maybe_refresh(self) -> None:
+        """A cheap version check at most every few seconds; a new version loads in the background."""
+
+    def status(self) -> ReadyStatus: ...
+
+    def close(self) -> None: ...
+
+
+class ProfileStore(Lifecycle, Protocol):
+    def fetch(self, userid: int, timeout_s: float) -> tuple[UserState | None, str]:
+        """The user's state (None when the live version does not know the user) and that version."""
+        ...
+
+
+class ItemIndexProvider(Lifecycle, Protocol):
+    def current(self) -> IndexSnapshot: ...
+
+
+class FeatureSnapshot(Protocol):
+    version: str
+
+    def item_rows(self, items: np.ndarray) -> Encoded:
+        """Encoded features of ``items`` (n,) from the per-version cache; unknown items get defaults."""
+        ...
+
+
+class FeatureStore(Lifecycle, Protocol):
+    def current(self) -> FeatureSnapshot: ...
+
+    def user_row(self, snapshot: FeatureSnapshot, userid: int, timeout_s: float) -> Encoded:
+        """The user's encoded features (1 row); defaults for an unknown user."""
+        ...
+
+    def cached_user_row(self, snapshot: FeatureSnapshot, userid: int) -> Encoded:
+        """The fallback when ``user_row`` failed: the user's last fetched row, else defaults (no I/O)."""
+        ...
+
+
+class Scorer(Lifecycle, Protocol):
+    def score(self, sparse: np.ndarray, dense: np.ndarray, timeout_s: float) -> tuple[np.ndarray, str]:
+        """Like probabilities (n,) float32 of encoded rows, and the model version that produced them."""
+        ...

@@ -1,0 +1,204 @@
+"""One recommendation request as a chain of named steps over the backends' snapshots.
+
+    fetch_user_profile -> recall_candidates -> fetch_features -> score -> rank_and_filter
+
+Each step reads one backend through its ``Guard`` (time budget and circuit breaker). When a backend
+fails, the step uses its fallback and names the component in ``degraded``:
+
+- profile (user store down): the unknown-user state, i.e. popularity;
+- item_index (Elasticsearch down): the in-process index over the same artifacts;
+- features (feature server down): the user's last fetched features, else defaults;
+- scorer (Triton down): ONNX Runtime in-process, else the recall order (``like`` = 1).
+
+The pure steps (recall per channel, merge, final score, cut) are ``data_exchange_center.chain``'s,
+the same functions the offline evaluation runs, so the served list is the evaluated list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from data_exchange_center import chain
+from data_exchange_center.feature_spec import combine_features
+from online.backends.base import (
+    BackendError,
+    Encoded,
+    FeatureStore,
+    IndexSnapshot,
+    ItemIndexProvider,
+    ProfileStore,
+    Scorer,
+)
+from online.service.metrics import Metrics
+from online.service.resilience import Deadline, Guard
+
+STEPS = ("fetch_user_profile", "recall_candidates", "fetch_features", "score", "rank_and_filter")
+
+
+@dataclass
+class Backends:
+    """The adapters of one app, with the in-process fallbacks of the remote ones (None when local)."""
+
+    profiles: ProfileStore
+    index: ItemIndexProvider
+    features: FeatureStore
+    scorer: Scorer
+    index_fallback: ItemIndexProvider | None = None
+    scorer_fallback: Scorer | None = None
+
+    def all(self) -> list[Any]:
+        roles = [self.profiles, self.index, self.features, self.scorer, self.index_fallback, self.scorer_fallback]
+        return [r for r in roles if r is not None]
+
+
+@dataclass
+class Recommendation:
+    userid: int
+    items: np.ndarray  # (size,) int64
+    scores: np.ndarray  # (size,) float32
+    versions: dict[str, str | None]
+    degraded: list[str]
+    known_user: bool
+    step_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        scores = np.round(self.scores.astype(np.float64), 6).tolist()
+        return {
+            "userid": self.userid,
+            "item_list": [{"itemid": i, "score": s} for i, s in zip(self.items.tolist(), scores, strict=True)],
+            "versions": self.versions,
+            "degraded": self.degraded,
+        }
+
+
+@dataclass
+class _Request:
+    userid: int
+    size: int
+    deadline: Deadline
+    versions: dict[str, str | None] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, step: str, fn: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.step_seconds[step] = time.perf_counter() - started
+
+
+class Recommender:
+    def __init__(self, backends: Backends, guards: dict[str, Guard], metrics: Metrics) -> None:
+        self.backends = backends
+        self.guards = guards
+        self.metrics = metrics
+
+    def recommend(self, userid: int, size: int, deadline: Deadline) -> Recommendation:
+        req = _Request(userid, size, deadline)
+        user = req.timed("fetch_user_profile", lambda: self.fetch_user_profile(req))
+        candidates, params = req.timed("recall_candidates", lambda: self.recall_candidates(req, user))
+        features = req.timed("fetch_features", lambda: self.fetch_features(req, candidates.items))
+        like = req.timed("score", lambda: self.score(req, features))
+        items, scores = req.timed("rank_and_filter", lambda: self.rank_and_filter(req, candidates, like, params))
+        self._observe(req, candidates)
+        known = user is not None
+        return Recommendation(userid, items, scores, req.versions, req.degraded, known, req.step_seconds)
+
+    # -- the steps ------------------------------------------------------------------------------------
+    def fetch_user_profile(self, req: _Request) -> chain.UserState | None:
+        """The user's recall state; None for an unknown user (or when the store is down)."""
+        store = self.backends.profiles
+        try:
+            state, version = self.guards["profile"].call(req.deadline, lambda t: store.fetch(req.userid, t))
+        except BackendError:
+            req.degraded.append("profile")
+            req.versions["users"] = None
+            return None
+        req.versions["users"] = version
+        return state
+
+    def recall_candidates(
+        self, req: _Request, user: chain.UserState | None
+    ) -> tuple[chain.Candidates, chain.RankingPolicy]:
+        """Every channel's candidates (seen items excluded), merged and de-duplicated."""
+        state = user if user is not None else chain.UserState.unknown()
+        snapshot = self.backends.index.current()
+        try:
+            results, i2i_all = self.guards["item_index"].call(
+                req.deadline, lambda t: self._recall(snapshot, state, req.size, t)
+            )
+        except BackendError:
+            if self.backends.index_fallback is None:
+                raise
+            req.degraded.append("item_index")
+            snapshot = self.backends.index_fallback.current()
+            results, i2i_all = self._recall(snapshot, state, req.size, None)
+        req.versions["items"] = snapshot.version
+        return chain.merge_candidates(results, *i2i_all), snapshot.params.policy
+
+    @staticmethod
+    def _recall(snapshot: IndexSnapshot, user: chain.UserState, size: int, timeout_s: float | None) -> Any:
+        quotas = dict(snapshot.params.quotas)
+        quotas["popularity"] = max(quotas.get("popularity", 0), size)  # a cold user still gets `size` items
+        index = snapshot.index
+        bind = getattr(index, "bound", None)
+        if bind is not None and timeout_s is not None:
+            index = bind(timeout_s)
+        return chain.recall_channels(index, user, quotas, snapshot.params.max_triggers)
+
+    def fetch_features(self, req: _Request, items: np.ndarray) -> Encoded:
+        """Model inputs: the user's row broadcast over the candidates' cached item rows."""
+        store = self.backends.features
+        snapshot = store.current()
+        item_part = snapshot.item_rows(items)
+        try:
+            user_part = self.guards["features"].call(req.deadline, lambda t: store.user_row(snapshot, req.userid, t))
+        except BackendError:
+            req.degraded.append("features")
+            user_part = store.cached_user_row(snapshot, req.userid)
+        req.versions["features"] = snapshot.version
+        return combine_features(user_part, item_part)
+
+    def score(self, req: _Request, features: Encoded) -> np.ndarray:
+        """The ranker's like probability per candidate; the recall order (all 1) when no model answers."""
+        sparse, dense = features
+        version: str | None
+        try:
+            like, version = self.guards["scorer"].call(
+                req.deadline, lambda t: self.backends.scorer.score(sparse, dense, t)
+            )
+        except BackendError:
+            req.degraded.append("scorer")
+            like, version = self._fallback_score(sparse, dense)
+        req.versions["model"] = version
+        return like
+
+    def _fallback_score(self, sparse: np.ndarray, dense: np.ndarray) -> tuple[np.ndarray, str | None]:
+        fallback = self.backends.scorer_fallback
+        if fallback is not None:
+            try:
+                return fallback.score(sparse, dense, 0.0)
+            except Exception:
+                self.metrics.backend_errors.labels(fallback.name).inc()
+        return np.ones(len(sparse), np.float32), None
+
+    def rank_and_filter(
+        self, req: _Request, candidates: chain.Candidates, like: np.ndarray, policy: chain.RankingPolicy
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Final scores (watch x like), the ``size`` best."""
+        scores = chain.final_scores(candidates, like, policy)
+        return chain.rank_and_cut(candidates, scores, req.size)
+
+    def _observe(self, req: _Request, candidates: chain.Candidates) -> None:
+        for step, seconds in req.step_seconds.items():
+            self.metrics.step_latency.labels(step).observe(seconds)
+        for channel, count in candidates.counts.items():
+            self.metrics.candidates.labels(channel).observe(count)
+        for component in req.degraded:
+            self.metrics.degraded.labels(component).inc()
