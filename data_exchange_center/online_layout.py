@@ -93,6 +93,7 @@ def write_current_version(store_dir: Path, version: str) -> Path:
         raise FileNotFoundError(f"cannot switch {store_dir} to {version}: its folder does not exist")
     with atomic_path(store_dir / CURRENT_FILE) as tmp:
         tmp.write_text(version + "\n")
+        tmp.chmod(0o644)  # readable by the serving processes (mkstemp makes 0600)
     return store_dir / CURRENT_FILE
 
 

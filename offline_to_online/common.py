@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from data_exchange_center.artifacts import ArtifactError, update_metrics
 from data_exchange_center.settings import Settings, SettingsError, load_settings
 
-log = logging.getLogger("recsys.o2o")
+log = logging.getLogger("offline_to_online")
 T = TypeVar("T")
 
 EXIT_ARTIFACT = 2
@@ -44,6 +44,15 @@ class BackendUnavailable(Exception):
 
 class PublishVerificationError(Exception):
     """Published data did not read back equal to its source."""
+
+
+READABLE_MODE = 0o644  # published files are read by other users (the serving containers)
+
+
+def make_readable(*paths: Path) -> None:
+    """Give files written through a temporary file (mode 0600) the mode of a published file."""
+    for path in paths:
+        path.chmod(READABLE_MODE)
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

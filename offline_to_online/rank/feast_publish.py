@@ -28,7 +28,7 @@ from data_exchange_center import online_layout as L
 from data_exchange_center.artifacts import atomic_path, read_parquet, write_parquet
 from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.paths import ArtifactPaths
-from offline_to_online.common import PublishVerificationError
+from offline_to_online.common import PublishVerificationError, make_readable
 from offline_to_online.rank import feast_repo as F
 from offline_to_online.recall.redis_users import sample_positions
 
@@ -72,11 +72,13 @@ def write_repo(repo_dir: Path, prepared: PreparedSources, version: str, yaml_con
     """Write the data files, ``features.py`` and ``feature_store.yaml`` (each atomically)."""
     event_time = event_time_of(version)
     for view, table in zip(prepared.views, prepared.tables, strict=True):
-        write_parquet(F.source_table(view, table, event_time), repo_dir / view.path)
+        make_readable(write_parquet(F.source_table(view, table, event_time), repo_dir / view.path))
     with atomic_path(repo_dir / F.DEFINITIONS_FILE) as tmp:
         tmp.write_text(F.definitions_py(prepared.views, version, prepared.spec.dataset))
+        make_readable(tmp)
     with atomic_path(repo_dir / F.YAML_FILE) as tmp:
         tmp.write_text(F.store_yaml(yaml_config))
+        make_readable(tmp)
 
 
 def load_definitions(repo_dir: Path) -> list[Any]:

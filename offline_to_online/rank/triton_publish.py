@@ -21,6 +21,7 @@ from pathlib import Path
 from data_exchange_center import model_signature as sig
 from data_exchange_center.artifacts import atomic_path
 from data_exchange_center.online_layout import model_versions
+from offline_to_online.common import make_readable
 from offline_to_online.rank.triton_repo import Backend, config_pbtxt
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def write_config(repository: Path, n_sparse: int, n_dense: int, backend: Backend
     path = repository / sig.MODEL_NAME / "config.pbtxt"
     with atomic_path(path) as tmp:
         tmp.write_text(config_pbtxt(n_sparse, n_dense, backend))
+        make_readable(tmp)
     return path
 
 

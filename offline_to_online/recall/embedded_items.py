@@ -20,7 +20,7 @@ from typing import Any
 from data_exchange_center import online_layout as L
 from data_exchange_center.artifacts import read_json, write_json
 from data_exchange_center.paths import ArtifactPaths
-from offline_to_online.common import PublishVerificationError
+from offline_to_online.common import PublishVerificationError, make_readable
 from offline_to_online.recall.embedded_users import TMP_PREFIX, prune_versions, remove_temporary_folders
 from offline_to_online.recall.item_source import ItemSource
 
@@ -83,7 +83,7 @@ def publish_items_embedded(
     tmp_dir = store_dir / f"{TMP_PREFIX}{version}"
     tmp_dir.mkdir(parents=True)
     try:
-        write_json(items_manifest(paths, source, version), tmp_dir / L.MANIFEST_FILE)
+        make_readable(write_json(items_manifest(paths, source, version), tmp_dir / L.MANIFEST_FILE))
         manifest = read_json(tmp_dir / L.MANIFEST_FILE)
         verify_manifest(paths, manifest)
         if manifest["n_items"] != source.n_items or manifest["term_counts"] != source.term_counts():

@@ -23,7 +23,7 @@ from data_exchange_center import online_layout as L
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import read_json, read_npz, write_json
 from data_exchange_center.redis_layout import UserProfileRecord
-from offline_to_online.common import PublishVerificationError
+from offline_to_online.common import PublishVerificationError, make_readable
 from offline_to_online.recall.redis_users import compare_records, sample_positions
 from offline_to_online.recall.user_source import UserSource
 
@@ -97,7 +97,7 @@ def write_version(folder: Path, source: UserSource, version: str) -> None:
         "vector_dim": source.vector_dim,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    write_json(manifest, folder / L.MANIFEST_FILE)
+    make_readable(write_json(manifest, folder / L.MANIFEST_FILE))
 
 
 def load_version(folder: Path) -> dict[int, UserProfileRecord]:

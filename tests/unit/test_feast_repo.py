@@ -171,5 +171,8 @@ def test_generated_repository_loads_as_feast_objects(tmp_path: Path) -> None:
         "FeatureView:item_feature_view",
         "FeatureView:user_feature_view",
     ]
+    repo = tiny.paths.feature_repo_dir
+    for published in [repo / "feature_store.yaml", repo / "features.py", *(repo / "data").iterdir()]:
+        assert published.stat().st_mode & 0o044 == 0o044, published  # the feast container reads them
     data = pd.read_parquet(tiny.paths.feature_repo_dir / "data" / "user_features.parquet")
     assert len(data) == len(tiny.userids) and "event_timestamp" in data.columns

@@ -87,6 +87,8 @@ def test_embedded_users_round_trip_and_keep_one_previous_version(tmp_path: Path)
     records = load_version(store / reports[-1].version)
     assert all(compare_records(source.record(i), records[int(u)]) is None for i, u in enumerate(source.userids))
     assert read_json(store / reports[-1].version / L.MANIFEST_FILE)["n_users"] == source.n_users
+    for published in [store / "CURRENT", *(store / reports[-1].version).iterdir()]:
+        assert published.stat().st_mode & 0o044 == 0o044, published  # the serving containers read them
 
 
 def test_embedded_items_pin_the_artifacts_by_checksum(tmp_path: Path) -> None:

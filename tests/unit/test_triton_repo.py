@@ -136,6 +136,8 @@ def test_each_publish_is_a_new_version_and_two_are_kept(tmp_path: Path) -> None:
     assert latest_model_path(repo) == repo / "ml_rec" / "3" / "model.onnx"
     assert (repo / "ml_rec" / "config.pbtxt").read_text() == config_pbtxt(5, 18, "onnxruntime")
     assert not list(tmp_path.glob(".model_repository*staging*"))
+    for published in [repo / "ml_rec" / "config.pbtxt", *(python_repo / "ml_rec" / "3").iterdir()]:
+        assert published.stat().st_mode & 0o044 == 0o044, published  # the Triton container reads them
 
 
 def test_check_compares_onnxruntime_with_the_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
