@@ -69,7 +69,10 @@ def register_routes(app: Flask, service: RecService) -> None:
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError) -> Response:
-        return error_response(exc.code, exc.message, exc.status)
+        response = error_response(exc.code, exc.message, exc.status)
+        if exc.status == 503:
+            response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

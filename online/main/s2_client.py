@@ -1,0 +1,200 @@
+"""Call the recommendation service: print the lists of some users, or replay the online holdout.
+
+    python online/main/s2_client.py --users 1 2 3             # print each user's list
+    python online/main/s2_client.py --replay                  # every holdout user: Recall/HitRate/NDCG@50
+
+``--replay`` sends every user with at least one positive in the online holdout
+(``preprocess/samples.parquet``, split "online", label 1) to the running service, computes Recall@50,
+HitRate@50 and NDCG@50 of the served lists the way the offline evaluation does
+(``offline/evaluate/topk_metrics.py``), prints them beside ``reports/metrics.json``'s ``topk.ranked``
+and exits 1 when any differs by more than ``--tolerance`` (or when a request failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # `python online/main/s2_client.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from data_exchange_center import schema as S
+from data_exchange_center.paths import ArtifactPaths
+
+DEFAULT_URL = "http://127.0.0.1:5000"
+TOPK = 50
+TOLERANCE = 0.002
+METRICS = ("recall", "hit_rate", "ndcg")
+
+
+class RecClient:
+    """``POST /ml/rec`` with one keep-alive session per thread."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 10.0) -> None:
+        self.url = url.rstrip("/") + "/ml/rec"
+        self.headers = {"X-API-Key": api_key} if api_key else {}
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+
+    def recommend(self, userid: int, size: int = TOPK) -> dict[str, Any]:
+        import requests
+
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        reply = session.post(self.url, json={"userid": userid, "size": size}, headers=self.headers,
+                             timeout=self.timeout_s)  # fmt: skip
+        if reply.status_code != 200:
+            raise RuntimeError(f"user {userid}: HTTP {reply.status_code}: {reply.text[:300]}")
+        return reply.json()
+
+
+def topk_metrics(recommended: list[np.ndarray], relevant: list[np.ndarray], k: int) -> dict[str, float]:
+    """Mean Recall@k, HitRate@k, NDCG@k over users with a relevant item (as offline/evaluate/topk_metrics.py)."""
+    discounts = 1.0 / np.log2(np.arange(k) + 2)  # (k,)
+    recalls, hits_any, ndcgs = [], [], []
+    for rec, rel in zip(recommended, relevant, strict=True):
+        if len(rel) == 0:
+            continue
+        hits = np.isin(rec[:k], rel)  # (<=k,)
+        n_hits = hits.sum()
+        recalls.append(n_hits / len(rel))
+        hits_any.append(float(n_hits > 0))
+        ndcgs.append((discounts[: len(hits)] * hits).sum() / discounts[: min(k, len(rel))].sum())
+    if not recalls:
+        return {"recall": 0.0, "hit_rate": 0.0, "ndcg": 0.0, "n_users": 0}
+    return {
+        "recall": round(float(np.mean(recalls)), 6),
+        "hit_rate": round(float(np.mean(hits_any)), 6),
+        "ndcg": round(float(np.mean(ndcgs)), 6),
+        "n_users": len(recalls),
+    }
+
+
+def holdout_positives(paths: ArtifactPaths) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Users with an online-holdout positive (ascending) and, per user, those items."""
+    import pandas as pd
+
+    samples = pd.read_parquet(paths.samples_path, columns=[S.USER_ID, S.ITEM_ID, S.LABEL, S.SPLIT])
+    online = samples[(samples[S.SPLIT] == S.SPLIT_ONLINE) & (samples[S.LABEL] == 1)]
+    groups = online.groupby(S.USER_ID, sort=True)[S.ITEM_ID]
+    users = np.array(list(groups.groups.keys()), dtype=np.int64)
+    return users, [np.asarray(group, dtype=np.int64) for _, group in groups]
+
+
+def replay(client: RecClient, paths: ArtifactPaths, workers: int, k: int = TOPK) -> tuple[dict[str, float], int]:
+    """Send every holdout user; returns the metrics of the served lists and the number of failed requests."""
+    users, relevant = holdout_positives(paths)
+    failures = 0
+
+    def served(userid: int) -> np.ndarray:
+        nonlocal failures
+        try:
+            body = client.recommend(int(userid), k)
+        except Exception as exc:  # counted and reported: one bad reply must not hide the others
+            failures += 1
+            print(f"request failed: {exc}", file=sys.stderr)
+            return np.zeros(0, np.int64)
+        return np.array([entry["itemid"] for entry in body["item_list"]], dtype=np.int64)
+
+    with ThreadPoolExecutor(workers) as pool:
+        recommended = list(pool.map(served, users.tolist()))
+    return topk_metrics(recommended, relevant, k), failures
+
+
+def compare_with_offline(served: dict[str, float], paths: ArtifactPaths, tolerance: float) -> bool:
+    """Print served vs offline ``topk.ranked``; True when every metric is within ``tolerance``."""
+    if not paths.metrics_path.exists():
+        print(f"no {paths.metrics_path}: run offline/evaluate/s1_topk_report.py to compare", file=sys.stderr)
+        return False
+    offline = json.loads(paths.metrics_path.read_text()).get("topk", {}).get("ranked")
+    if not offline:
+        print(f"{paths.metrics_path} has no topk.ranked entry", file=sys.stderr)
+        return False
+    print(f"{'metric@' + str(TOPK):<14} {'served':>10} {'offline':>10} {'diff':>9}")
+    ok = True
+    for name in METRICS:
+        diff = served[name] - float(offline[name])
+        ok &= abs(diff) <= tolerance
+        print(f"{name:<14} {served[name]:>10.6f} {float(offline[name]):>10.6f} {diff:>+9.6f}")
+    print(f"{'users':<14} {served['n_users']:>10} {offline.get('n_users', '?'):>10}")
+    print("served == offline within", tolerance if ok else f"{tolerance}: NO")
+    return ok
+
+
+def wait_until_ready(url: str, timeout_s: float) -> None:
+    """Poll ``GET /ready`` until the service has loaded every backend (a fresh server loads for a while)."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(url.rstrip("/") + "/ready", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} is not ready after {timeout_s:.0f} s (see GET /ready)")
+        time.sleep(0.5)
+
+
+def print_list(userid: int, body: dict[str, Any]) -> None:
+    print(f"user {userid}: {len(body['item_list'])} items, versions {body['versions']}, degraded {body['degraded']}")
+    for rank, entry in enumerate(body["item_list"], start=1):
+        print(f"  {rank:>3}. item {entry['itemid']:>8}  score {entry['score']:.6f}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=DEFAULT_URL, help="the service (default %(default)s)")
+    parser.add_argument("--users", type=int, nargs="*", default=[], help="user ids whose lists to print")
+    parser.add_argument("--size", type=int, default=TOPK, help="items per list for --users (default %(default)s)")
+    parser.add_argument("--replay", action="store_true", help="replay the online holdout and compare metrics")
+    parser.add_argument("--data-dir", type=Path, default=None, help="artifacts (default: $RECSYS_DATA_DIR)")
+    parser.add_argument("--workers", type=int, default=4, help="concurrent requests of --replay (default 4)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="allowed metric difference")
+    parser.add_argument("--ready-timeout", type=float, default=120.0,
+                        help="seconds to wait for GET /ready before sending (default %(default)s)")  # fmt: skip
+    parser.add_argument("--api-key", default=os.environ.get("RECSYS_API_KEY") or None,
+                        help="X-API-Key header (default: $RECSYS_API_KEY)")  # fmt: skip
+    args = parser.parse_args(argv)
+    if not args.users and not args.replay:
+        parser.error("give --users ID [ID ...] and/or --replay")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    client = RecClient(args.url, args.api_key)
+    try:
+        wait_until_ready(args.url, args.ready_timeout)
+        for userid in args.users:
+            print_list(userid, client.recommend(userid, args.size))
+    except Exception as exc:
+        print(f"s2_client: {exc}", file=sys.stderr)
+        return 1
+    if not args.replay:
+        return 0
+    paths = ArtifactPaths.from_env(args.data_dir)
+    started = time.perf_counter()
+    try:
+        served, failures = replay(client, paths, args.workers)
+    except FileNotFoundError as exc:
+        print(f"s2_client: {exc}: run the offline stages first", file=sys.stderr)
+        return 1
+    print(f"replayed {served['n_users']} holdout users in {time.perf_counter() - started:.1f} s, {failures} failed")
+    ok = compare_with_offline(served, paths, args.tolerance)
+    return 0 if ok and failures == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
