@@ -34,9 +34,11 @@ def topk_report(paths: ArtifactPaths) -> dict[str, Any]:
     settings = load_settings({"data_dir": paths.data_dir})
     run = run_chain(paths, holdout, chain_quotas(settings), TOPK, LIKE_WEIGHT_GRID)
     topk: dict[str, Any] = {"k": TOPK}
+    popular = run.channel_lists["popularity"]
     for name, lists in run.channel_lists.items():
-        if any(len(items) for items in lists):
-            topk[name] = topk_metrics(lists, holdout.relevant, TOPK)
+        if any(len(items) for items in lists):  # each channel filled up with popularity, as it would be served
+            filled = [fill_with(items, fallback, TOPK) for items, fallback in zip(lists, popular, strict=True)]
+            topk[name] = topk_metrics(filled, holdout.relevant, TOPK)
     topk["merged"] = {
         **topk_metrics(run.merged, holdout.relevant, TOPK),
         "recall_at_k": MERGED_RECALL_K,
@@ -51,6 +53,11 @@ def topk_report(paths: ArtifactPaths) -> dict[str, Any]:
     metrics = update_metrics(paths.metrics_path, {"topk": topk})
     write_report(paths, metrics, sensitivity)
     return topk
+
+
+def fill_with(items: np.ndarray, fallback: np.ndarray, k: int) -> np.ndarray:
+    """``items`` then ``fallback`` items not already in it, cut at ``k``."""
+    return np.concatenate([items[:k], fallback[~np.isin(fallback, items)]])[:k]
 
 
 def write_report(paths: ArtifactPaths, metrics: dict[str, Any], sensitivity: dict[float, dict[str, float]]) -> None:
