@@ -1,0 +1,80 @@
+"""The compose profile's scorer: Triton Inference Server over gRPC (model ``ml_rec``).
+
+Triton's Python client is not thread-safe, so each request thread gets its own client (a
+``threading.local``), created once per thread and kept. Each call carries the request's time budget
+(``client_timeout``); rows go in batches of at most ``MAX_BATCH_SIZE``. The reply names the model
+version that answered, which the response reports. When Triton is down the chain falls back to ONNX
+Runtime in-process on the same model (``online.backends.onnx_scorer``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from data_exchange_center import model_signature as sig
+from data_exchange_center.settings import Settings
+from online.backends.base import ReadyStatus
+
+
+class TritonScorer:
+    """``Scorer`` over Triton's gRPC API."""
+
+    name = "triton"
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.triton_url
+        self.status_timeout_s = max(settings.backend_timeout_ms / 1000, 1.0)
+        self._local = threading.local()
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import tritonclient.grpc as grpcclient
+
+            client = self._local.client = grpcclient.InferenceServerClient(url=self.url)
+        return client
+
+    def score(self, sparse: np.ndarray, dense: np.ndarray, timeout_s: float) -> tuple[np.ndarray, str]:
+        parts, version = [], ""
+        for start in range(0, len(sparse), sig.MAX_BATCH_SIZE):
+            stop = start + sig.MAX_BATCH_SIZE
+            scores, version = self._infer(sparse[start:stop], dense[start:stop], timeout_s)
+            parts.append(scores)
+        scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return scores, f"{sig.MODEL_NAME}/{version}"
+
+    def _infer(self, sparse: np.ndarray, dense: np.ndarray, timeout_s: float) -> tuple[np.ndarray, str]:
+        import tritonclient.grpc as grpcclient
+
+        inputs = [
+            grpcclient.InferInput(sig.INPUT_SPARSE, list(sparse.shape), "INT64"),
+            grpcclient.InferInput(sig.INPUT_DENSE, list(dense.shape), "FP32"),
+        ]
+        inputs[0].set_data_from_numpy(np.ascontiguousarray(sparse, dtype=np.int64))
+        inputs[1].set_data_from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+        outputs = [grpcclient.InferRequestedOutput(sig.OUTPUT_SCORE)]
+        result = self._client().infer(sig.MODEL_NAME, inputs, outputs=outputs, client_timeout=timeout_s)
+        scores = np.asarray(result.as_numpy(sig.OUTPUT_SCORE), dtype=np.float32).reshape(-1)
+        return scores, str(result.get_response().model_version)
+
+    def maybe_refresh(self) -> None:
+        pass  # Triton loads new versions itself; every reply names the version that answered
+
+    def status(self) -> ReadyStatus:
+        try:
+            client = self._client()
+            if not client.is_model_ready(sig.MODEL_NAME, client_timeout=self.status_timeout_s):
+                return ReadyStatus(False, self.name, None, f"model {sig.MODEL_NAME} is not ready")
+            metadata = client.get_model_metadata(sig.MODEL_NAME, client_timeout=self.status_timeout_s)
+        except Exception as exc:
+            return ReadyStatus(False, self.name, None, f"{type(exc).__name__}: {str(exc)[:200]}")
+        versions = sorted(metadata.versions, key=int)
+        return ReadyStatus(True, self.name, f"{sig.MODEL_NAME}/{versions[-1]}" if versions else None)
+
+    def close(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
