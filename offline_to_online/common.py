@@ -56,7 +56,13 @@ def make_readable(*paths: Path) -> None:
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"exit codes: 0 published and verified; {EXIT_ARTIFACT} artifacts missing or not matching the "
+        f"feature spec (nothing written); {EXIT_BACKEND} a backend unreachable; {EXIT_VERIFY} read-back "
+        "differs from the source (the previous version still serves)",
+    )
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="artifact folder (default: $RECSYS_DATA_DIR or settings)"
     )

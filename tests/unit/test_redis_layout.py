@@ -148,3 +148,21 @@ def test_meta_hash_is_golden() -> None:
         b"created_at": b"2024-01-02T03:04:05Z",
         b"state": b"complete",
     }
+
+
+def test_the_golden_example_of_online_store_format_md() -> None:
+    record = R.UserProfileRecord(
+        userid=42,
+        terms=["Comedy", "Drama"],
+        vector=np.array([0.5, -1.0, 2.0], dtype=np.float32),
+        seen=np.array([1193, 661], dtype=np.int64),
+        seen_labels=np.array([1, 0], dtype=np.int8),
+    )
+    assert R.user_key("recsys", "20261125T131950123456Z-3f9a", 42) == b"recsys:users:v:20261125T131950123456Z-3f9a:u:42"
+    fields = {k: v.hex(" ") for k, v in R.encode_user(record).items()}
+    assert fields == {
+        b"terms": "5b 22 43 6f 6d 65 64 79 22 2c 22 44 72 61 6d 61 22 5d",
+        b"vector": "00 00 00 3f 00 00 80 bf 00 00 00 40",
+        b"seen": "a9 04 00 00 00 00 00 00 95 02 00 00 00 00 00 00",
+        b"seen_labels": "01 00",
+    }
