@@ -1,0 +1,279 @@
+"""Pure pieces of the online service: breakers, budgets, snapshots, encoders, stores, the ES adapter."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_exchange_center import chain
+from data_exchange_center import es_layout as E
+from data_exchange_center import schema as S
+from data_exchange_center.item_index import ItemIndex
+from online.backends.base import BackendError, NotLoaded
+from online.backends.embedded_profiles import load_user_table
+from online.backends.es_index import EsIndex
+from online.backends.feature_tables import EncodedTable, RowEncoder, default_row
+from online.service.observability import JsonFormatter, request_id_from
+from online.service.resilience import CircuitBreaker, Deadline, Guard
+from online.service.validation import parse_rec_request
+from online.service.versions import Refreshing
+from tests.fixtures_artifacts import TinyArtifacts, write_tiny_artifacts
+
+pytestmark = pytest.mark.unit
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
+    return write_tiny_artifacts(tmp_path_factory.mktemp("tiny"))
+
+
+# --- circuit breaker and budgets ------------------------------------------------------------------------
+def test_the_breaker_opens_after_n_failures_and_lets_one_trial_through_after_reset() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("redis", failures=3, reset_s=5.0, clock=clock)
+    for _ in range(2):
+        breaker.record_failure()
+    assert breaker.allow() and breaker.state == "closed"
+    breaker.record_failure()
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now += 5.0
+    assert breaker.state == "half_open"
+    assert breaker.allow() and not breaker.allow()  # one trial at a time
+    breaker.record_failure()  # the trial failed: open for another reset_s
+    assert not breaker.allow()
+    clock.now += 5.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state == "closed" and breaker.allow() and breaker.allow()
+
+
+def test_a_success_resets_the_consecutive_count() -> None:
+    breaker = CircuitBreaker("x", failures=2, reset_s=1.0)
+    breaker.record_failure()
+    breaker.record_success()
+    breaker.record_failure()
+    assert breaker.state == "closed"
+
+
+def test_the_guard_gives_each_call_the_smaller_budget_and_wraps_failures() -> None:
+    errors: list[str] = []
+    guard = Guard(CircuitBreaker("scorer", 2, 60.0), budget_s=0.05, on_error=errors.append)
+    clock = FakeClock()
+    deadline = Deadline(0.03, clock=clock)
+    assert guard.call(deadline, lambda t: t) == pytest.approx(0.03)
+    with pytest.raises(BackendError, match="scorer: ValueError: boom"):
+        guard.call(deadline, lambda t: (_ for _ in ()).throw(ValueError("boom")))
+    clock.now += 1.0  # the request's budget is spent: no call at all
+    called: list[float] = []
+    with pytest.raises(BackendError, match="no time left"):
+        guard.call(deadline, called.append)
+    assert called == [] and errors == ["scorer"]
+
+
+def test_the_guard_lets_not_loaded_through_and_refuses_calls_while_open() -> None:
+    guard = Guard(CircuitBreaker("features", 1, 60.0), budget_s=1.0, on_error=lambda _: None)
+    with pytest.raises(NotLoaded):
+        guard.call(Deadline(1.0), lambda t: (_ for _ in ()).throw(NotLoaded("nothing yet")))
+    with pytest.raises(BackendError):
+        guard.call(Deadline(1.0), lambda t: 1 / 0)
+    with pytest.raises(BackendError, match="circuit breaker open"):
+        guard.call(Deadline(1.0), lambda t: 1)
+
+
+# --- request validation ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "userid", "size"),
+    [(b'{"userid": 0}', 0, 50), (b'{"userid": 7, "size": null}', 7, 50), (b'{"userid": 9223372036854775807, "size": 3}',
+                                                                           9223372036854775807, 3)],
+)  # fmt: skip
+def test_valid_bodies(raw: bytes, userid: int, size: int) -> None:
+    request = parse_rec_request(raw, 50, 200)
+    assert (request.userid, request.size) == (userid, size)
+
+
+# --- snapshots ------------------------------------------------------------------------------------------
+def wait_until(predicate: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_refreshing_loads_in_the_background_swaps_and_keeps_the_old_on_failure() -> None:
+    published = {"version": "v1"}
+    release = threading.Event()
+
+    def load(version: str) -> dict[str, str]:
+        if version == "bad":
+            raise ValueError("corrupt")
+        if version == "v2":
+            release.wait(5)
+        return {"version": version}
+
+    refreshing: Refreshing[dict[str, str]] = Refreshing("t", lambda: published["version"], load, check_interval_s=0)
+    with pytest.raises(NotLoaded):
+        refreshing.get()
+    refreshing.maybe_refresh()
+    wait_until(lambda: refreshing.loaded)
+    assert refreshing.get() == {"version": "v1"}
+    published["version"] = "v2"
+    refreshing.maybe_refresh()
+    assert refreshing.get() == {"version": "v1"}  # still loading: the old snapshot serves, nobody waits
+    release.set()
+    wait_until(lambda: refreshing.get()["version"] == "v2")
+    published["version"] = "bad"
+    refreshing.maybe_refresh()
+    wait_until(lambda: refreshing.last_error is not None)
+    assert refreshing.get() == {"version": "v2"} and "corrupt" in str(refreshing.last_error)
+
+
+def test_refreshing_checks_at_most_every_interval() -> None:
+    probes: list[int] = []
+    refreshing: Refreshing[str] = Refreshing("t", lambda: probes.append(1) or "v", str, check_interval_s=60)
+    for _ in range(50):
+        refreshing.maybe_refresh()
+    assert len(probes) == 1
+
+
+# --- feature encoding -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("source", ["user", "item"])
+def test_the_row_encoder_equals_the_spec_on_every_row(tiny: TinyArtifacts, source: str) -> None:
+    path = tiny.paths.user_features_path if source == "user" else tiny.paths.item_features_path
+    table = pd.read_parquet(path)
+    want_sparse, want_dense = tiny.spec.encode(table, source)  # type: ignore[arg-type]
+    encoder = RowEncoder(tiny.spec, source)  # type: ignore[arg-type]
+    for i, row in enumerate(table.to_dict(orient="records")):
+        sparse, dense = encoder.encode(row)
+        np.testing.assert_array_equal(sparse[0], want_sparse[i])
+        np.testing.assert_array_equal(dense[0], want_dense[i])
+    empty_sparse, empty_dense = encoder.encode({})
+    default_sparse, default_dense = default_row(tiny.spec, source)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(empty_sparse, default_sparse)
+    np.testing.assert_array_equal(empty_dense, default_dense)
+
+
+def test_encoded_tables_look_up_by_id_with_defaults_for_unknown_ids(tiny: TinyArtifacts) -> None:
+    items = pd.read_parquet(tiny.paths.item_features_path)
+    table = EncodedTable.from_frame(tiny.spec, "item", items.iloc[::-1], S.ITEM_ID)
+    want_sparse, want_dense = tiny.spec.encode_items(items)
+    ids = np.array([items[S.ITEM_ID][3], 999_999, items[S.ITEM_ID][0]])
+    sparse, dense = table.rows(ids)
+    np.testing.assert_array_equal(sparse[[0, 2]], want_sparse[[3, 0]])
+    np.testing.assert_array_equal(dense[[0, 2]], want_dense[[3, 0]])
+    np.testing.assert_array_equal(sparse[1], table.default[0][0])
+    assert table.row(999_999) is None and table.sparse[0, -1] == 1  # unchanged by the look-up
+
+
+# --- the embedded profile store -------------------------------------------------------------------------
+def test_the_user_table_equals_the_reference_reader(tiny: TinyArtifacts) -> None:
+    from offline_to_online.recall import s1_user_to_redis
+    from offline_to_online.recall.embedded_users import load_version
+
+    data_dir = tiny.paths.data_dir
+    assert s1_user_to_redis.main(["--data-dir", str(data_dir), "--profile", "embedded", "--quiet"]) == 0
+    store_dir = data_dir / "online" / "users"
+    version = (store_dir / "CURRENT").read_text().strip()
+    table = load_user_table(store_dir / version, version)
+    for userid, record in load_version(store_dir / version).items():
+        state = table.lookup(userid)
+        assert state is not None and state.terms == record.terms
+        np.testing.assert_array_equal(state.seen, record.seen)
+        np.testing.assert_array_equal(state.seen_labels, record.seen_labels)
+        assert (state.vector is None) == (record.vector is None)
+        if record.vector is not None:
+            np.testing.assert_array_equal(state.vector, record.vector)
+    assert table.lookup(-1) is None and table.lookup(10**12) is None
+
+
+# --- the Elasticsearch adapter, on this project's EsApi interface ----------------------------------------
+class IndexBackedEsApi:
+    """An ``EsApi`` that answers the es_layout bodies from an in-process ``ItemIndex`` and records them."""
+
+    def __init__(self, index: ItemIndex) -> None:
+        self.index = index
+        self.bodies: list[dict[str, Any]] = []
+
+    def search(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+        self.bodies.append(body)
+        excluded = np.array([int(i) for c in self._must_not(body) for i in c["ids"]["values"]], np.int64)
+        if "knn" in body:
+            query = np.array(body["knn"]["query_vector"], np.float32)
+            items, scores = self.index.search_vector(query, body["knn"]["k"], excluded)
+            return [{"_source": {"itemid": int(i)}, "_score": float(ip + 1 if ip >= 0 else 1 / (1 - ip))}
+                    for i, ip in zip(items, scores, strict=True)]  # fmt: skip
+        should = body["query"]["bool"].get("should")
+        if should:
+            terms = [c["constant_score"]["filter"]["term"]["terms"] for c in should]
+            items, scores = self.index.search_terms(terms, body["size"], excluded)
+        else:
+            items, scores = self.index.search_popular(body["size"], excluded)
+        return [{"_source": {"itemid": int(i), "popularity": float(s)}} for i, s in zip(items, scores, strict=True)]
+
+    @staticmethod
+    def _must_not(body: dict[str, Any]) -> list[dict[str, Any]]:
+        if "knn" in body:
+            return list(body["knn"].get("filter", {}).get("bool", {}).get("must_not", []))
+        return list(body["query"]["bool"]["must_not"])
+
+    def mget(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+        self.bodies.append(body)
+        ids = np.array([int(i) for i in body["ids"]], np.int64)
+        nbr, weights = self.index.neighbors_of(ids)
+        return [{"found": bool((n >= 0).any()), "_source": {"neighbors": n[n >= 0].tolist(),
+                 "neighbor_weights": w[n >= 0].tolist()}} for n, w in zip(nbr, weights, strict=True)]  # fmt: skip
+
+    def alias_target(self, alias: str, timeout_s: float) -> str | None:
+        return f"{alias}-v1"
+
+
+def test_the_es_adapter_sends_the_layout_bodies_and_gives_the_in_process_answers(tiny: TinyArtifacts) -> None:
+    local = ItemIndex.load(tiny.paths)
+    api = IndexBackedEsApi(local)
+    es = EsIndex(api, "recsys_items-v1", 0.05)
+    exclude = tiny.itemids[:3]
+    assert [r.tolist() for r in es.search_popular(5, exclude)] == [r.tolist() for r in local.search_popular(5, exclude)]
+    assert api.bodies[-1] == E.popularity_query(5, exclude.tolist())
+    terms = ["Drama", "Comedy"]
+    got, want = es.search_terms(terms, 7, exclude), local.search_terms(terms, 7, exclude)
+    assert got[0].tolist() == want[0].tolist() and api.bodies[-1] == E.term_recall_query(terms, 7, exclude.tolist())
+    query = np.load(tiny.paths.user_vectors_path)["vectors"][0]
+    got, want = es.search_vector(query, 6, exclude), local.search_vector(query, 6, exclude)
+    assert got[0].tolist() == want[0].tolist()
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
+    assert api.bodies[-1] == E.knn_query(query.tolist(), 6, exclude_ids=exclude.tolist())
+    triggers = np.array([tiny.itemids[4], 123_456, tiny.itemids[9]])
+    user = chain.UserState([], None, triggers, np.array([1, 0, 1], np.int8))
+    es_i2i = chain.i2i_scores(*es.neighbors_of(triggers), chain.trigger_weights(user.seen_labels))
+    local_i2i = chain.i2i_scores(*local.neighbors_of(triggers), chain.trigger_weights(user.seen_labels))
+    np.testing.assert_array_equal(es_i2i[0], local_i2i[0])
+    np.testing.assert_allclose(es_i2i[1], local_i2i[1], rtol=1e-6)
+    assert api.bodies[-1] == E.neighbors_mget(triggers.tolist())
+
+
+# --- logs -----------------------------------------------------------------------------------------------
+def test_json_log_lines_carry_the_extra_fields() -> None:
+    record = logging.LogRecord("recsys.online.http", logging.INFO, __file__, 1, "request", None, None)
+    record.request_id, record.status = "abc", 200
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "request" and entry["request_id"] == "abc" and entry["status"] == 200
+    assert entry["level"] == "INFO" and entry["ts"].endswith("Z")
+
+
+@pytest.mark.parametrize(("header", "kept"), [("abc-1.2:3_x", True), ("", False), ("a b", False), ("x" * 129, False)])
+def test_request_ids(header: str, kept: bool) -> None:
+    assert (request_id_from(header) == header) is kept
