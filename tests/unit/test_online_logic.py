@@ -144,7 +144,12 @@ def test_refreshing_loads_in_the_background_swaps_and_keeps_the_old_on_failure()
 
 def test_refreshing_checks_at_most_every_interval() -> None:
     probes: list[int] = []
-    refreshing: Refreshing[str] = Refreshing("t", lambda: probes.append(1) or "v", str, check_interval_s=60)
+
+    def probe() -> str:
+        probes.append(1)
+        return "v"
+
+    refreshing: Refreshing[str] = Refreshing("t", probe, str, check_interval_s=60)
     for _ in range(50):
         refreshing.maybe_refresh()
     assert len(probes) == 1
