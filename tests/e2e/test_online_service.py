@@ -1,0 +1,91 @@
+"""The whole pipeline on a small synthetic dataset, then the service under gunicorn and s2_client.py.
+
+Runs every offline stage, publishes to the embedded stores, writes the evaluation report, starts
+``gunicorn 'online.main.s1_server:create_app()'`` on a free loopback port, prints ranked lists through
+``online/main/s2_client.py --users`` and checks with ``--replay`` that the served chain scores what the
+offline evaluation reported (within 0.002).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import free_port
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+STAGES = [
+    ("offline/preprocess/s0_fetch_data.py", ["--dataset", "synthetic", "--n-users", "300", "--n-items", "200",
+                                             "--n-ratings", "24000"]),
+    ("offline/preprocess/s1_data_split.py", []),
+    ("offline/preprocess/s2_term_trans.py", []),
+    ("offline/recall/s1_term_recall.py", []),
+    ("offline/recall/s2_vector_recall.py", ["--epochs", "3"]),
+    ("offline/recall/s3_item_to_item.py", []),
+    ("offline/rank/s1_feature_engi.py", []),
+    ("offline/rank/s2_model_train.py", ["--epochs", "2"]),
+    ("offline_to_online/recall/s1_user_to_redis.py", ["--profile", "embedded"]),
+    ("offline_to_online/recall/s2_item_to_es.py", ["--profile", "embedded"]),
+    ("offline_to_online/rank/s1_feature_to_feast.py", ["--profile", "embedded"]),
+    ("offline_to_online/rank/s2_model_to_triton.py", ["--profile", "embedded"]),
+    ("offline/evaluate/s1_topk_report.py", []),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    missing = [script for script, _ in STAGES if not (REPO / script).exists()]
+    if missing:
+        pytest.skip(f"pipeline stages not in the repository yet: {missing}")
+    folder = tmp_path_factory.mktemp("pipeline")
+    for script, args in STAGES:
+        done = subprocess.run([sys.executable, str(REPO / script), "--data-dir", str(folder), "--quiet", *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=900)  # fmt: skip
+        assert done.returncode == 0, f"{script} failed:\n{done.stderr[-3000:]}"
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server_url(data_dir: Path) -> Iterator[str]:
+    port = free_port()
+    env = os.environ | {"RECSYS_DATA_DIR": str(data_dir), "RECSYS_PROFILE": "embedded", "RECSYS_LOG_LEVEL": "WARNING"}
+    log_path = data_dir / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
+             "--timeout", "120", "online.main.s1_server:create_app()"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def client(url: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "online/main/s2_client.py"), "--url", url, "--data-dir", str(data_dir), *args],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+
+
+def test_the_client_prints_ranked_lists(server_url: str, data_dir: Path) -> None:
+    done = client(server_url, data_dir, "--users", "1", "2", "3", "--size", "10")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert sum(line.startswith("user ") for line in lines) == 3
+    assert sum(" item " in line for line in lines) == 30 and "degraded []" in done.stdout
+
+
+def test_replay_equals_the_offline_evaluation(server_url: str, data_dir: Path) -> None:
+    done = client(server_url, data_dir, "--replay")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "served == offline within 0.002" in done.stdout and ", 0 failed" in done.stdout
