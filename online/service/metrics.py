@@ -13,6 +13,7 @@ of a single-process server to an empty folder.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -43,6 +44,16 @@ class Metrics:
                                     ["channel"], buckets=CANDIDATE_BUCKETS, registry=r)  # fmt: skip
         self.version_switches = Counter("recsys_version_switches_total", "hot switches to a new published version",
                                         ["component"], registry=r)  # fmt: skip
+
+        self._children: dict[tuple[str, str], Any] = {}
+
+    def child(self, metric: str, label: str) -> Any:
+        """The labelled child of ``metric`` (cached: ``labels()`` costs a lock and a dict per call)."""
+        key = (metric, label)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = getattr(self, metric).labels(label)
+        return found
 
     def exposition(self) -> bytes:
         """The text exposition; with ``PROMETHEUS_MULTIPROC_DIR``, summed over every worker process."""

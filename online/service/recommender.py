@@ -196,9 +196,10 @@ class Recommender:
         return chain.rank_and_cut(candidates, scores, req.size)
 
     def _observe(self, req: _Request, candidates: chain.Candidates) -> None:
+        child = self.metrics.child
         for step, seconds in req.step_seconds.items():
-            self.metrics.step_latency.labels(step).observe(seconds)
+            child("step_latency", step).observe(seconds)
         for channel, count in candidates.counts.items():
-            self.metrics.candidates.labels(channel).observe(count)
+            child("candidates", channel).observe(count)
         for component in req.degraded:
-            self.metrics.degraded.labels(component).inc()
+            child("degraded", component).inc()
