@@ -34,6 +34,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp_name)
+    os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; artifacts are read by other users (service containers)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

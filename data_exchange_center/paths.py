@@ -94,6 +94,11 @@ class ArtifactPaths:
         return self.recall_dir / "chain_config.json"
 
     @property
+    def validation_neighbors_path(self) -> Path:
+        """Item-to-item neighbours fitted on the training split only (for selections on validation)."""
+        return self.recall_dir / "validation_item_neighbors.parquet"
+
+    @property
     def user_seen_path(self) -> Path:
         return self.recall_dir / "user_seen.parquet"
 

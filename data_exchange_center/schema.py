@@ -70,6 +70,7 @@ def pit_columns(genres: list[str]) -> list[str]:
     """The point-in-time count columns, impressions then clicks, in genre order."""
     return [impression_column(g) for g in genres] + [click_column(g) for g in genres]
 
+
 # --- recall artifacts -------------------------------------------------------------------------
 # recall/popularity.parquet:     itemid int64, score float32 (positive offline impressions), score desc
 # recall/item_neighbors.parquet: itemid int64, neighbor int64, weight float32 (top-N per item, weight desc)

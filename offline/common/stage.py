@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import resource
 import sys
 import time
@@ -51,6 +52,8 @@ def peak_memory_mib() -> float:
 def run_stage(name: str, args: argparse.Namespace, work: Callable[[ArtifactPaths], object]) -> int:
     """Run one stage: log, time it into ``reports/metrics.json``, turn known errors into one line."""
     configure_logging(getattr(args, "quiet", False))
+    if getattr(args, "quiet", False):
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads this when a bar is created
     paths = ArtifactPaths.from_env(args.data_dir)
     started = time.perf_counter()
     try:

@@ -52,7 +52,12 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def render_report(metrics: dict[str, Any], sensitivity: dict[float, dict[str, float]], plots: list[str]) -> str:
+def render_report(
+    metrics: dict[str, Any],
+    sensitivity: dict[float, dict[str, float]],
+    validation: dict[float, dict[str, float]],
+    plots: list[str],
+) -> str:
     """The Markdown report of one pipeline run."""
     split, topk = metrics.get("split", {}), metrics["topk"]
     lines = [
@@ -92,12 +97,20 @@ def render_report(metrics: dict[str, Any], sensitivity: dict[float, dict[str, fl
         f"Merged candidates: Recall@{merged.get('recall_at_k', '?')} = {merged.get('recall_at_200', '-')}, "
         f"{merged.get('mean_candidates', '-')} candidates per user on average.",
         "",
-        "Sensitivity of the final list to the like weight (reported, not used for selection):",
+        "The final score is (item-to-item watch score) x P(like) ^ w. The weight w is selected on validation",
+        "(timeline ending at the training split, targets the test split's positives); the holdout columns",
+        "show what each weight would have given there (reported, not used for selection).",
         "",
-        "| like weight | Recall | NDCG |",
-        "|---|---|---|",
+        f"Selected: w = {topk.get('policy', {}).get('like_weight')}",
+        "",
+        "| like weight w | validation Recall | validation NDCG | holdout Recall | holdout NDCG |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {w} | {m['recall']:.4f} | {m['ndcg']:.4f} |" for w, m in sorted(sensitivity.items())]
+    lines += [
+        f"| {w} | {validation[w]['recall']:.4f} | {validation[w]['ndcg']:.4f} | {m['recall']:.4f} | {m['ndcg']:.4f} |"
+        for w, m in sorted(sensitivity.items())
+        if w in validation
+    ]
     lines += ["", "## Stage timings (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {sec} |" for stage, sec in metrics.get("timings_s", {}).items()]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]

@@ -3,7 +3,10 @@
 Runs recall -> merge -> rank for every user with a positive in the online holdout, with the in-process
 backends and the exported ONNX ranker (offline/evaluate/chain_eval.py), and writes the top-K figures of
 each channel, the merged candidates and the final ranked list into reports/metrics.json, then
-reports/report.md with PNG plots (top-K comparison, training curves).
+reports/report.md with PNG plots (top-K comparison, training curves). Before that, the like weight of
+the final score is selected on a validation setup that ends at the training split
+(offline/evaluate/validation.py) and written into recall/chain_config.json, which the online service
+reads: run this stage before publishing.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import atomic_path, read_json, read_parquet, update_metrics
+from data_exchange_center.artifacts import atomic_path, read_json, read_parquet, update_metrics, write_json
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import load_settings
 from offline.common.stage import run_stage, stage_parser
@@ -23,6 +26,7 @@ from offline.evaluate.chain_eval import chain_quotas, run_chain
 from offline.evaluate.holdout import MERGED_RECALL_K, TOPK, Holdout
 from offline.evaluate.report import plot_curves, plot_topk, render_report
 from offline.evaluate.topk_metrics import topk_metrics
+from offline.evaluate.validation import select_like_weight
 
 log = logging.getLogger(__name__)
 LIKE_WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0)
@@ -32,7 +36,16 @@ def topk_report(paths: ArtifactPaths) -> dict[str, Any]:
     samples = read_parquet(paths.samples_path, S.SAMPLES_COLUMNS)
     holdout = Holdout.from_samples(samples)
     settings = load_settings({"data_dir": paths.data_dir})
-    run = run_chain(paths, holdout, chain_quotas(settings), TOPK, LIKE_WEIGHT_GRID)
+    quotas = chain_quotas(settings)
+    chain_config = read_json(paths.chain_config_path)
+    like_weight, validation = select_like_weight(
+        paths, samples, quotas, int(chain_config["max_triggers"]), TOPK, LIKE_WEIGHT_GRID
+    )
+    log.info(
+        "like weight %.2f selected on validation (NDCG@%d %.4f)", like_weight, TOPK, validation[like_weight]["ndcg"]
+    )
+    write_json({**chain_config, "like_weight": like_weight}, paths.chain_config_path)
+    run = run_chain(paths, holdout, quotas, TOPK, LIKE_WEIGHT_GRID)
     topk: dict[str, Any] = {"k": TOPK}
     popular = run.channel_lists["popularity"]
     for name, lists in run.channel_lists.items():
@@ -50,8 +63,9 @@ def topk_report(paths: ArtifactPaths) -> dict[str, Any]:
     for name in ("popularity", "term", "vector", "i2i", "merged", "ranked"):
         if name in topk:
             log.info("%-10s %s", name, topk[name])
+    topk["policy"] = {"like_weight": like_weight, "selected_on": "validation (test-split positives)"}
     metrics = update_metrics(paths.metrics_path, {"topk": topk})
-    write_report(paths, metrics, sensitivity)
+    write_report(paths, metrics, sensitivity, validation)
     return topk
 
 
@@ -60,7 +74,12 @@ def fill_with(items: np.ndarray, fallback: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([items[:k], fallback[~np.isin(fallback, items)]])[:k]
 
 
-def write_report(paths: ArtifactPaths, metrics: dict[str, Any], sensitivity: dict[float, dict[str, float]]) -> None:
+def write_report(
+    paths: ArtifactPaths,
+    metrics: dict[str, Any],
+    sensitivity: dict[float, dict[str, float]],
+    validation: dict[float, dict[str, float]],
+) -> None:
     plots = [plot_topk(metrics["topk"], paths.reports_dir / "topk.png").name]
     histories = {}
     if paths.model_dir.joinpath("training_history.json").exists():
@@ -72,7 +91,7 @@ def write_report(paths: ArtifactPaths, metrics: dict[str, Any], sensitivity: dic
         )
     plots.append(plot_curves(histories, paths.reports_dir / "training_curves.png").name)
     with atomic_path(paths.report_path) as tmp:
-        tmp.write_text(render_report(metrics, sensitivity, plots))
+        tmp.write_text(render_report(metrics, sensitivity, validation, plots))
     log.info("wrote %s and %s", paths.metrics_path, paths.report_path)
 
 

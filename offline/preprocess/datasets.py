@@ -25,10 +25,26 @@ LAYOUT_100K = "100k"  # ML-100K: u.data / u.item / u.user
 LAYOUT_CSV = "csv"  # ml-latest-small, ml-25m, ml-32m: ratings.csv / movies.csv
 
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-    "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +63,11 @@ def read_dataset(raw_dir: Path, layout: str) -> RatingsDataset:
     _check_dataset(dataset, raw_dir)
     log.info(
         "read %d ratings, %d items, %d users from %s",
-        len(dataset.ratings), len(dataset.items), len(dataset.users), raw_dir,
-    )  # fmt: skip
+        len(dataset.ratings),
+        len(dataset.items),
+        len(dataset.users),
+        raw_dir,
+    )
     return dataset
 
 

@@ -30,8 +30,13 @@ def data_split(paths: ArtifactPaths) -> dict[str, int]:
     counts = summarize_split(samples)
     write_parquet(samples, paths.samples_path)
     dataset = dataset_name(paths)
-    write_metadata(paths.preprocess_dir, "s1_data_split", counts, dataset=dataset,
-                   config={"n_online_per_user": S.N_ONLINE_PER_USER, "train_fraction": S.TRAIN_FRACTION})  # fmt: skip
+    write_metadata(
+        paths.preprocess_dir,
+        "s1_data_split",
+        counts,
+        dataset=dataset,
+        config={"n_online_per_user": S.N_ONLINE_PER_USER, "train_fraction": S.TRAIN_FRACTION},
+    )
     update_metrics(paths.metrics_path, {"dataset": dataset, "split": counts})
     log.info("split %s -> %s: %s", paths.ratings_path, paths.samples_path, counts)
     return counts

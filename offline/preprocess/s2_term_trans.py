@@ -36,8 +36,13 @@ def term_trans(paths: ArtifactPaths) -> None:
     write_parquet(item_terms(items), paths.item_terms_path)
     write_parquet(profiles, paths.user_profiles_path)
     outputs = {"genres": genres, "n_pit_rows": len(pit), "n_profiles": len(profiles), "n_items": len(items)}
-    write_metadata(paths.preprocess_dir, "s2_term_trans", outputs, dataset=dataset_name(paths),
-                   config={"pit_window": S.PIT_WINDOW, "term_min_clicks": S.TERM_MIN_CLICKS})  # fmt: skip
+    write_metadata(
+        paths.preprocess_dir,
+        "s2_term_trans",
+        outputs,
+        dataset=dataset_name(paths),
+        config={"pit_window": S.PIT_WINDOW, "term_min_clicks": S.TERM_MIN_CLICKS},
+    )
     log.info("wrote %s, %s, %s", paths.pit_features_path, paths.item_terms_path, paths.user_profiles_path)
 
 

@@ -17,10 +17,25 @@ import numpy as np
 from data_exchange_center.artifacts import atomic_path
 
 ML1M_GENRES = (
-    "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
     "Western",
-)  # fmt: skip
+)
 AGES = np.array([1, 18, 25, 35, 45, 50, 56])
 N_OCCUPATIONS = 21
 MIN_RATINGS_PER_USER = 20

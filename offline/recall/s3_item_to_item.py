@@ -39,12 +39,15 @@ class ValidationResult:
     recall_by_max_triggers: dict[int, float]
 
 
-def select_max_triggers(samples: pd.DataFrame, config: ItemToItemConfig) -> ValidationResult:
-    """Recall@K of the i2i channel per trigger count: EASE on the train split, targets the test positives."""
+def select_max_triggers(samples: pd.DataFrame, config: ItemToItemConfig, paths: ArtifactPaths) -> ValidationResult:
+    """Recall@K of the i2i channel per trigger count: EASE on the train split, targets the test positives.
+    The train-split neighbour table is kept for later selections on the same validation setup."""
     train = samples[samples[S.SPLIT] == S.SPLIT_TRAIN]
     item_ids, weights = fit_ease(train[[S.USER_ID, S.ITEM_ID]], config)
-    nbr_items, nbr_weights = neighbor_matrix(neighbor_table(item_ids, weights, config.n_neighbors), item_ids)
+    table = neighbor_table(item_ids, weights, config.n_neighbors)
     del weights
+    write_parquet(table, paths.validation_neighbors_path)
+    nbr_items, nbr_weights = neighbor_matrix(table, item_ids)
     targets = samples[(samples[S.SPLIT] == S.SPLIT_TEST) & (samples[S.LABEL] == 1)]
     target_users, relevant = split_by_user(targets, S.ITEM_ID)
     seen_users, seen = split_by_user(train, S.ITEM_ID)
@@ -69,7 +72,7 @@ def select_max_triggers(samples: pd.DataFrame, config: ItemToItemConfig) -> Vali
 
 def item_to_item(paths: ArtifactPaths, config: ItemToItemConfig) -> dict[str, float]:
     samples = read_parquet(paths.samples_path, S.SAMPLES_COLUMNS)
-    selection = select_max_triggers(samples, config)
+    selection = select_max_triggers(samples, config, paths)
     offline = samples[samples[S.SPLIT] != S.SPLIT_ONLINE]
     item_ids, weights = fit_ease(offline[[S.USER_ID, S.ITEM_ID]], config)
     table = neighbor_table(item_ids, weights, config.n_neighbors)

@@ -1,0 +1,139 @@
+"""DeepFM ranker over the feature specification's inputs, and its ONNX export.
+
+Inputs follow ``data_exchange_center.model_signature``: ``sparse_ids`` int64 (batch, n_sparse), the
+1-based vocabulary positions of each categorical field (0 = unknown), and ``dense`` float32
+(batch, n_dense). Every field, sparse or dense, has a ``dim``-vector; a dense field's vector is scaled
+by its value. The logit is the sum of
+
+- a first-order term: one weight per sparse id, a linear map of the dense values, and a bias;
+- the FM second-order term: the sum of the pairwise dot products of all field vectors;
+- an MLP over the concatenated sparse embeddings and the raw dense values.
+
+``forward`` returns the probability of a like (rating > 3) as (batch, 1). The model is rebuilt from a
+``RankerConfig`` (saved as ``rank/model/model_args.json``), never guessed from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data_exchange_center import model_signature as sig
+from data_exchange_center.artifacts import atomic_path
+
+INIT_STD = 0.01  # initial standard deviation of the embeddings
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Everything needed to rebuild the model: input shape (from the feature spec) and architecture."""
+
+    vocab_sizes: list[int]  # per sparse field, including index 0 for unknown values
+    n_dense: int
+    embed_dim: int
+    hidden_dims: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+
+    @property
+    def n_sparse(self) -> int:
+        return len(self.vocab_sizes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"n_sparse": self.n_sparse}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RankerConfig:
+        return cls(
+            vocab_sizes=[int(v) for v in raw["vocab_sizes"]],
+            n_dense=int(raw["n_dense"]),
+            embed_dim=int(raw["embed_dim"]),
+            hidden_dims=[int(h) for h in raw["hidden_dims"]],
+            dropout=float(raw["dropout"]),
+        )
+
+
+class DeepFM(nn.Module):
+    def __init__(self, config: RankerConfig) -> None:
+        super().__init__()
+        self.config = config
+        offsets = torch.tensor([0, *config.vocab_sizes[:-1]], dtype=torch.int64).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)  # (n_sparse,) start of each field's rows
+        n_rows = sum(config.vocab_sizes)
+        self.sparse_embedding = nn.Embedding(n_rows, config.embed_dim)  # (n_rows, dim)
+        self.sparse_weight = nn.Embedding(n_rows, 1)  # (n_rows, 1) first-order weights
+        self.dense_embedding = nn.Parameter(torch.empty(config.n_dense, config.embed_dim))  # (n_dense, dim)
+        self.dense_linear = nn.Linear(config.n_dense, 1)  # first-order dense weights + global bias
+        self.mlp = build_mlp(config.n_sparse * config.embed_dim + config.n_dense, config.hidden_dims, config.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.sparse_embedding.weight, std=INIT_STD)
+        nn.init.normal_(self.dense_embedding, std=INIT_STD)
+        nn.init.zeros_(self.sparse_weight.weight)
+        with torch.no_grad():  # unknown ids (index 0 of each field) contribute nothing, and are never trained
+            self.sparse_embedding.weight[self.offsets] = 0.0
+        nn.init.zeros_(self.dense_linear.weight)
+        nn.init.zeros_(self.dense_linear.bias)
+
+    def logits(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Log-odds of a like: (batch, 1) from sparse_ids (batch, n_sparse) and dense (batch, n_dense)."""
+        rows = sparse_ids + self.offsets  # (batch, n_sparse)
+        sparse_vectors = self.sparse_embedding(rows)  # (batch, n_sparse, dim)
+        dense_vectors = dense.unsqueeze(-1) * self.dense_embedding  # (batch, n_dense, dim)
+        fields = torch.cat([sparse_vectors, dense_vectors], dim=1)  # (batch, n_fields, dim)
+        first_order = self.sparse_weight(rows).sum(dim=1) + self.dense_linear(dense)  # (batch, 1)
+        square_of_sum = fields.sum(dim=1).pow(2)  # (batch, dim)
+        sum_of_squares = fields.pow(2).sum(dim=1)  # (batch, dim)
+        second_order = 0.5 * (square_of_sum - sum_of_squares).sum(dim=1, keepdim=True)  # (batch, 1)
+        deep = self.mlp(torch.cat([sparse_vectors.flatten(start_dim=1), dense], dim=1))  # (batch, 1)
+        return first_order + second_order + deep
+
+    def embedding_l2(self, sparse_ids: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of the squared norms of the rows it looks up (a scalar L2 penalty)."""
+        rows = sparse_ids + self.offsets  # (batch, n_sparse)
+        return (
+            self.sparse_embedding(rows).pow(2).sum(dim=(1, 2)).mean()
+            + self.sparse_weight(rows).pow(2).sum(dim=(1, 2)).mean()
+        )
+
+    def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(sparse_ids, dense))  # (batch, 1)
+
+
+def build_mlp(n_inputs: int, hidden_dims: list[int], dropout: float) -> nn.Sequential:
+    """Linear-ReLU-Dropout blocks, then one output unit."""
+    layers: list[nn.Module] = []
+    for width in hidden_dims:
+        layers += [nn.Linear(n_inputs, width), nn.ReLU(), nn.Dropout(dropout)]
+        n_inputs = width
+    layers.append(nn.Linear(n_inputs, 1))
+    return nn.Sequential(*layers)
+
+
+def export_onnx(model: DeepFM, onnx_path: Path) -> Path:
+    """Export ``forward`` as one self-contained ONNX file with the serving signature and a dynamic batch."""
+    model.eval()
+    example = (
+        torch.zeros((2, model.config.n_sparse), dtype=torch.int64),
+        torch.zeros((2, model.config.n_dense), dtype=torch.float32),
+    )
+    batch_axis = {0: "batch"}
+    with atomic_path(onnx_path) as tmp, warnings.catch_warnings():
+        # the TorchScript exporter: the torch.export-based one needs onnxscript, which the stack does not ship
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            model,
+            example,
+            str(tmp),
+            dynamo=False,
+            opset_version=sig.ONNX_OPSET,
+            input_names=[sig.INPUT_SPARSE, sig.INPUT_DENSE],
+            output_names=[sig.OUTPUT_SCORE],
+            dynamic_axes={sig.INPUT_SPARSE: batch_axis, sig.INPUT_DENSE: batch_axis, sig.OUTPUT_SCORE: batch_axis},
+        )
+    return onnx_path

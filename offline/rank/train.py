@@ -1,0 +1,214 @@
+"""Training and evaluation of the DeepFM ranker.
+
+Model selection never looks at the test split: the last ``val_fraction`` of each user's training
+impressions (by time) is the validation slice, the rest is fitted, and early stopping keeps the epoch
+with the best validation AUC. The test split is scored once, by the selected model, at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import rankdata
+from torch import nn
+from tqdm import tqdm
+
+from data_exchange_center import schema as S
+from data_exchange_center.feature_spec import FeatureSpec, combine_features
+from offline.rank.deepfm import DeepFM, RankerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of ranker training, with its default (the CLI exposes each one)."""
+
+    epochs: int = 20  # upper bound; early stopping usually ends sooner
+    batch_size: int = 4096
+    lr: float = 2e-3
+    weight_decay: float = 1e-5  # AdamW, decoupled, on every parameter
+    lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
+    embed_l2: float = 0.0  # L2 penalty on the sparse embedding rows of each batch
+    embed_dim: int = 16
+    hidden_dims: tuple[int, ...] = (256, 128)
+    dropout: float = 0.2
+    val_fraction: float = 0.1  # the last share of each user's train impressions used for model selection
+    patience: int = 2  # epochs without a better validation AUC before stopping
+    seed: int = 42
+    n_threads: int = 2
+    max_train_seconds: float = 300.0  # wall-time budget of the epoch loop; the best epoch so far is kept
+    eval_batch_size: int = 65_536
+
+    def ranker_config(self, spec: FeatureSpec) -> RankerConfig:
+        return RankerConfig(
+            vocab_sizes=spec.vocab_sizes,
+            n_dense=len(spec.dense),
+            embed_dim=self.embed_dim,
+            hidden_dims=list(self.hidden_dims),
+            dropout=self.dropout,
+        )
+
+
+@dataclass(frozen=True)
+class EncodedRows:
+    """Model inputs and labels of a set of rows."""
+
+    sparse: torch.Tensor  # (n, n_sparse) int64
+    dense: torch.Tensor  # (n, n_dense) float32
+    labels: torch.Tensor  # (n,) float32
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, mask: np.ndarray) -> EncodedRows:
+        index = torch.from_numpy(np.flatnonzero(mask))
+        return EncodedRows(self.sparse[index], self.dense[index], self.labels[index])
+
+
+@dataclass
+class FitResult:
+    model: DeepFM  # holds the weights of the best epoch
+    best_epoch: int
+    best_val_auc: float
+    train_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# --- data ------------------------------------------------------------------------------------------
+def encode_rows(spec: FeatureSpec, rows: pd.DataFrame) -> EncodedRows:
+    """Encode feature rows exactly as serving does: ``encode_users`` + ``encode_items`` + ``combine_features``."""
+    sparse, dense = combine_features(spec.encode_users(rows), spec.encode_items(rows))
+    labels = rows[S.LABEL].to_numpy(dtype=np.float32)
+    return EncodedRows(
+        torch.from_numpy(sparse), torch.from_numpy(np.ascontiguousarray(dense)), torch.from_numpy(labels)
+    )
+
+
+def validation_mask(rows: pd.DataFrame, val_fraction: float) -> np.ndarray:
+    """True for the last ``val_fraction`` of each user's rows by ``seq`` (at least one row kept for fitting)."""
+    seq = rows[S.SEQ].to_numpy()
+    first = rows.groupby(S.USER_ID, sort=False)[S.SEQ].transform("min").to_numpy()
+    n_rows = rows.groupby(S.USER_ID, sort=False)[S.SEQ].transform("size").to_numpy()
+    n_fit = np.maximum(np.ceil(n_rows * (1.0 - val_fraction) - 1e-9), 1)
+    return (seq - first) >= n_fit
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half), by the rank-sum formula."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUC needs both positive and negative labels")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@torch.no_grad()
+def predict_logits(model: DeepFM, data: EncodedRows, batch_size: int) -> np.ndarray:
+    """Logits (n,) of the model in evaluation mode."""
+    model.eval()
+    out = [
+        model.logits(data.sparse[i : i + batch_size], data.dense[i : i + batch_size])
+        for i in range(0, len(data), batch_size)
+    ]
+    return torch.cat(out)[:, 0].numpy() if out else np.empty(0, dtype=np.float32)
+
+
+def evaluate(model: DeepFM, data: EncodedRows, batch_size: int) -> dict[str, float]:
+    """AUC and mean log loss of ``data``."""
+    logits = predict_logits(model, data, batch_size)
+    loss = nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), data.labels).item()
+    return {"auc": roc_auc(data.labels.numpy(), logits), "loss": loss}
+
+
+# --- training --------------------------------------------------------------------------------------
+def seed_everything(seed: int, n_threads: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (nothing here draws from it; seeded for code that might)
+    torch.set_num_threads(n_threads)
+
+
+def train_epoch(
+    model: DeepFM,
+    optimizer: torch.optim.Optimizer,
+    data: EncodedRows,
+    batch_size: int,
+    generator: torch.Generator,
+    description: str,
+    progress: bool,
+    embed_l2: float = 0.0,
+) -> float:
+    """One pass over ``data`` in a seeded random order; returns the mean training log loss."""
+    model.train()
+    order = torch.randperm(len(data), generator=generator)
+    total, n_seen = 0.0, 0
+    bar = tqdm(range(0, len(data), batch_size), desc=description, unit="batch", disable=not progress, leave=False)
+    for start in bar:
+        index = order[start : start + batch_size]
+        logits = model.logits(data.sparse[index], data.dense[index])[:, 0]  # (batch,)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, data.labels[index])
+        objective = loss + embed_l2 * model.embedding_l2(data.sparse[index]) if embed_l2 else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        total += loss.item() * len(index)
+        n_seen += len(index)
+        bar.set_postfix(loss=f"{total / n_seen:.4f}", refresh=False)
+    return total / max(n_seen, 1)
+
+
+def fit(
+    ranker_config: RankerConfig,
+    fit_data: EncodedRows,
+    val_data: EncodedRows,
+    config: TrainConfig,
+    progress: bool = True,
+) -> FitResult:
+    """Train with early stopping on validation AUC; return the model restored to its best epoch."""
+    seed_everything(config.seed, config.n_threads)
+    model = DeepFM(ranker_config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+    best_state, best_epoch, best_auc = copy.deepcopy(model.state_dict()), 0, -np.inf
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        epoch_started = time.perf_counter()
+        description = f"epoch {epoch}/{config.epochs}"
+        train_loss = train_epoch(
+            model, optimizer, fit_data, config.batch_size, generator, description, progress, config.embed_l2
+        )
+        scheduler.step()
+        val = evaluate(model, val_data, config.eval_batch_size)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
+                        "seconds": time.perf_counter() - epoch_started})  # fmt: skip
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f (%.1f s)", epoch, train_loss, val["loss"],
+                 val["auc"], history[-1]["seconds"])  # fmt: skip
+        if val["auc"] > best_auc:
+            best_state, best_epoch, best_auc = copy.deepcopy(model.state_dict()), epoch, val["auc"]
+        elif epoch - best_epoch >= config.patience:
+            log.info("early stop: no better validation AUC for %d epochs", config.patience)
+            break
+        if time.perf_counter() - started > config.max_train_seconds:
+            log.warning("time budget of %.0f s spent after epoch %d", config.max_train_seconds, epoch)
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(model, best_epoch, float(best_auc), time.perf_counter() - started, history)
+
+
+def history_record(result: FitResult, config: TrainConfig) -> dict[str, Any]:
+    """The training curve artifact: per-epoch losses and validation AUC, and the selected epoch."""
+    return {"best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc,
+            "train_seconds": result.train_seconds, "seed": config.seed, "epochs": result.history}  # fmt: skip
