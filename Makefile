@@ -123,10 +123,8 @@ demo: install ## install, run the whole pipeline, start the server, ask it for D
 pipeline: install ## run every stage in order: offline, offline_to_online (PROFILE), evaluation report
 	@$(MAKE) offline
 	@$(MAKE) offline-to-online
-	@echo "==> offline/evaluate/s1_topk_report"
-	$(PYTHON) -m offline.evaluate.s1_topk_report
 
-offline: install ## offline stages only: fetch (DATASET, RAW_DIR), split, terms, recall, features, training
+offline: install ## offline stages: fetch (DATASET, RAW_DIR), split, terms, recall, features, training, report
 	@echo "==> offline/preprocess/s0_fetch_data ($(DATASET))"
 	$(PYTHON) -m offline.preprocess.s0_fetch_data --dataset $(DATASET) $(if $(RAW_DIR),--raw-dir $(RAW_DIR)) \
 		$(if $(filter yes,$(FALLBACK_SYNTHETIC)),--fallback-synthetic) $(S0_ARGS)
@@ -137,6 +135,8 @@ offline: install ## offline stages only: fetch (DATASET, RAW_DIR), split, terms,
 	$(PYTHON) -m offline.recall.s3_item_to_item
 	$(PYTHON) -m offline.rank.s1_feature_engi
 	$(PYTHON) -m offline.rank.s2_model_train
+	@echo "==> offline/evaluate/s1_topk_report (selects the final-score policy on validation, then evaluates)"
+	$(PYTHON) -m offline.evaluate.s1_topk_report
 
 offline-to-online: install ## publish to the PROFILE's backends and check offline == online scores
 	@echo "==> offline_to_online (--profile $(PROFILE))"
@@ -185,7 +185,7 @@ down: ## docker compose down (add DOWN_ARGS=-v to delete the volumes too)
 	$(COMPOSE) down $(DOWN_ARGS)
 
 clean: ## delete generated artifacts under DATA_DIR (keeps downloaded raw data) and caches
-	rm -rf $(addprefix $(DATA_DIR)/,dataset preprocess recall rank reports online feature_repo model_repository benchmarks)
+	rm -rf $(addprefix $(DATA_DIR)/,dataset preprocess recall rank reports online feature_repo model_repository model_repository_python benchmarks)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -not -path './.venv*' -prune -exec rm -rf {} +
 
