@@ -59,7 +59,10 @@ def test_merge_keeps_first_channel_and_attaches_i2i_scores() -> None:
 
 
 def test_final_score_combines_watch_and_like() -> None:
-    results = {"i2i": (np.array([10, 11, 12]), np.array([1.0, 0.8, 0.1])), "popularity": (np.array([13]), np.array([5.0]))}
+    results = {
+        "i2i": (np.array([10, 11, 12]), np.array([1.0, 0.8, 0.1])),
+        "popularity": (np.array([13]), np.array([5.0])),
+    }
     merged = chain.merge_candidates(results, np.array([10, 11, 12]), np.array([1.0, 0.8, 0.1], dtype=np.float32))
     like = np.array([0.2, 0.9, 0.9, 0.9], dtype=np.float32)
     scores = chain.final_scores(merged, like, chain.RankingPolicy(like_weight=1.0, prior_weight=0.01))

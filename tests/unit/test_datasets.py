@@ -20,7 +20,9 @@ pytestmark = pytest.mark.unit
 def write_dat(folder: Path, ratings: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "ratings.dat").write_text(ratings)
-    (folder / "movies.dat").write_text("10::Heat: The Movie (1995)::Action|Crime\n2000::B (1990)::Comedy\n", encoding="latin-1")
+    (folder / "movies.dat").write_text(
+        "10::Heat: The Movie (1995)::Action|Crime\n2000::B (1990)::Comedy\n", encoding="latin-1"
+    )
     (folder / "users.dat").write_text("5::F::25::3::12345\n99999::M::1::0::00000\n")
     return folder
 
