@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
-import os
 import resource
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+import tqdm
 
 from data_exchange_center.artifacts import ArtifactError, update_metrics
 from data_exchange_center.paths import ArtifactPaths
@@ -53,7 +55,7 @@ def run_stage(name: str, args: argparse.Namespace, work: Callable[[ArtifactPaths
     """Run one stage: log, time it into ``reports/metrics.json``, turn known errors into one line."""
     configure_logging(getattr(args, "quiet", False))
     if getattr(args, "quiet", False):
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads this when a bar is created
+        tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)  # type: ignore[method-assign]
     paths = ArtifactPaths.from_env(args.data_dir)
     started = time.perf_counter()
     try:
@@ -73,8 +75,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_type: type) -> 
     for field in dataclasses.fields(config_type):
         value = getattr(defaults, field.name)
         flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
+        if isinstance(value, tuple):  # e.g. hidden layer sizes: --hidden-dims 256 128
+            kind = type(value[0]) if value else int
+            parser.add_argument(
+                flag, type=kind, nargs="*", default=value, help=f"(default {' '.join(map(str, value))})"
+            )
+        elif isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=f"(default {value})")
+        else:
+            parser.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
 
 
 def config_from_args(config_type: type[T], args: argparse.Namespace) -> T:
-    return config_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)})  # type: ignore[arg-type]
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)}  # type: ignore[arg-type]
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return config_type(**values)  # type: ignore[arg-type]

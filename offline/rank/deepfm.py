@@ -38,6 +38,8 @@ class RankerConfig:
     embed_dim: int
     hidden_dims: list[int] = field(default_factory=list)
     dropout: float = 0.0
+    fm_dense_fields: list[int] = field(default_factory=list)  # dense fields in the FM term (value-scaled vectors)
+    mlp_on_embeddings: bool = True  # the MLP reads the sparse embeddings as well as the dense values
 
     @property
     def n_sparse(self) -> int:
@@ -54,10 +56,15 @@ class RankerConfig:
             embed_dim=int(raw["embed_dim"]),
             hidden_dims=[int(h) for h in raw["hidden_dims"]],
             dropout=float(raw["dropout"]),
+            fm_dense_fields=[int(j) for j in raw["fm_dense_fields"]],
+            mlp_on_embeddings=bool(raw["mlp_on_embeddings"]),
         )
 
 
 class DeepFM(nn.Module):
+    offsets: torch.Tensor  # (n_sparse,) registered buffer
+    fm_dense_fields: torch.Tensor  # (n_fm_dense,) registered buffer
+
     def __init__(self, config: RankerConfig) -> None:
         super().__init__()
         self.config = config
@@ -66,9 +73,12 @@ class DeepFM(nn.Module):
         n_rows = sum(config.vocab_sizes)
         self.sparse_embedding = nn.Embedding(n_rows, config.embed_dim)  # (n_rows, dim)
         self.sparse_weight = nn.Embedding(n_rows, 1)  # (n_rows, 1) first-order weights
-        self.dense_embedding = nn.Parameter(torch.empty(config.n_dense, config.embed_dim))  # (n_dense, dim)
+        fm_dense = torch.tensor(config.fm_dense_fields, dtype=torch.int64)
+        self.register_buffer("fm_dense_fields", fm_dense, persistent=False)  # (n_fm_dense,)
+        self.dense_embedding = nn.Parameter(torch.empty(len(fm_dense), config.embed_dim))  # (n_fm_dense, dim)
         self.dense_linear = nn.Linear(config.n_dense, 1)  # first-order dense weights + global bias
-        self.mlp = build_mlp(config.n_sparse * config.embed_dim + config.n_dense, config.hidden_dims, config.dropout)
+        n_mlp_inputs = config.n_dense + (config.n_sparse * config.embed_dim if config.mlp_on_embeddings else 0)
+        self.mlp = build_mlp(n_mlp_inputs, config.hidden_dims, config.dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -84,13 +94,19 @@ class DeepFM(nn.Module):
         """Log-odds of a like: (batch, 1) from sparse_ids (batch, n_sparse) and dense (batch, n_dense)."""
         rows = sparse_ids + self.offsets  # (batch, n_sparse)
         sparse_vectors = self.sparse_embedding(rows)  # (batch, n_sparse, dim)
-        dense_vectors = dense.unsqueeze(-1) * self.dense_embedding  # (batch, n_dense, dim)
-        fields = torch.cat([sparse_vectors, dense_vectors], dim=1)  # (batch, n_fields, dim)
+        fields = sparse_vectors  # (batch, n_fields, dim)
+        if self.config.fm_dense_fields:
+            fm_values = dense.index_select(1, self.fm_dense_fields)  # (batch, n_fm_dense)
+            dense_vectors = fm_values.unsqueeze(-1) * self.dense_embedding  # (batch, n_fm_dense, dim)
+            fields = torch.cat([sparse_vectors, dense_vectors], dim=1)  # (batch, n_sparse + n_fm_dense, dim)
         first_order = self.sparse_weight(rows).sum(dim=1) + self.dense_linear(dense)  # (batch, 1)
         square_of_sum = fields.sum(dim=1).pow(2)  # (batch, dim)
         sum_of_squares = fields.pow(2).sum(dim=1)  # (batch, dim)
         second_order = 0.5 * (square_of_sum - sum_of_squares).sum(dim=1, keepdim=True)  # (batch, 1)
-        deep = self.mlp(torch.cat([sparse_vectors.flatten(start_dim=1), dense], dim=1))  # (batch, 1)
+        mlp_input = (
+            torch.cat([sparse_vectors.flatten(start_dim=1), dense], dim=1) if self.config.mlp_on_embeddings else dense
+        )
+        deep = self.mlp(mlp_input)  # (batch, 1)
         return first_order + second_order + deep
 
     def embedding_l2(self, sparse_ids: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,122 @@
+"""Stage rank/2: train the DeepFM ranker, select it on validation, score the test split once, export ONNX.
+
+Reads rank/feature_spec.json, rank/train.parquet and rank/test.parquet. The last 10% of each user's
+training impressions is the validation slice; early stopping keeps the epoch with the best validation
+AUC. The selected model scores the test split once. Writes rank/model/model.pt (state dict),
+model_args.json (everything needed to rebuild the model), training_history.json, model.onnx (checked
+against PyTorch with ONNX Runtime on 1,000 test rows) and reference_scores.parquet (PyTorch scores of
+the first test rows, for the offline-to-online check).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import onnx
+import pandas as pd
+import torch
+
+from data_exchange_center import schema as S
+from data_exchange_center.artifacts import (
+    ArtifactError,
+    atomic_path,
+    read_parquet,
+    update_metrics,
+    write_json,
+    write_metadata,
+    write_parquet,
+)
+from data_exchange_center.feature_spec import FeatureSpec
+from data_exchange_center.paths import ArtifactPaths
+from offline.common.stage import add_config_arguments, config_from_args, run_stage, stage_parser
+from offline.preprocess.s1_data_split import dataset_name
+from offline.rank.deepfm import DeepFM, export_onnx
+from offline.rank.scoring import load_session, score_encoded
+from offline.rank.train import (
+    EncodedRows,
+    TrainConfig,
+    encode_rows,
+    evaluate,
+    fit,
+    history_record,
+    predict_logits,
+    validation_mask,
+)
+
+log = logging.getLogger(__name__)
+N_REFERENCE_ROWS = 2_000
+N_ONNX_CHECK_ROWS = 1_000
+ONNX_TOLERANCE = 1e-5
+
+
+def model_train(paths: ArtifactPaths, config: TrainConfig) -> dict[str, float]:
+    spec = FeatureSpec.load(paths.feature_spec_path)
+    train = read_parquet(paths.rank_train_path, (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ, *spec.columns))
+    test = read_parquet(paths.rank_test_path, (S.LABEL, *spec.columns))
+    is_val = validation_mask(train, config.val_fraction)
+    rows = encode_rows(spec, train)
+    result = fit(config.ranker_config(spec), rows.subset(~is_val), rows.subset(is_val), config, progress=True)
+    test_rows = encode_rows(spec, test)
+    test_metrics = evaluate(result.model, test_rows, config.eval_batch_size)
+    log.info("selected epoch %d (validation AUC %.4f); test AUC %.4f", result.best_epoch, result.best_val_auc,
+             test_metrics["auc"])  # fmt: skip
+    save_model(paths, result.model, config, spec)
+    write_json(history_record(result, config), paths.model_dir / "training_history.json")
+    export_and_check(paths, result.model, test_rows)
+    summary = {
+        "test_auc": round(test_metrics["auc"], 6),
+        "val_auc": round(result.best_val_auc, 6),
+        "n_features": spec.n_features,
+        "best_epoch": result.best_epoch,
+        "train_seconds": round(result.train_seconds, 1),
+    }
+    write_metadata(paths.model_dir, "s2_model_train", summary, config=vars_of(config), dataset=dataset_name(paths))
+    update_metrics(paths.metrics_path, {"rank": summary})
+    return summary
+
+
+def vars_of(config: TrainConfig) -> dict[str, object]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()}
+
+
+def save_model(paths: ArtifactPaths, model: DeepFM, config: TrainConfig, spec: FeatureSpec) -> None:
+    with atomic_path(paths.model_weights_path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    args = {"ranker": model.config.to_dict(), "n_sparse": len(spec.categorical), "n_dense": len(spec.dense),
+            "columns": spec.columns, "train_config": vars_of(config)}  # fmt: skip
+    write_json(args, paths.model_args_path)
+
+
+def export_and_check(paths: ArtifactPaths, model: DeepFM, test_rows: EncodedRows) -> None:
+    """Export ONNX, check it, compare ONNX Runtime with PyTorch, write the PyTorch reference scores."""
+    export_onnx(model, paths.onnx_path)
+    onnx.checker.check_model(str(paths.onnx_path))
+    n = min(N_REFERENCE_ROWS, len(test_rows))
+    with torch.no_grad():
+        torch_scores = torch.sigmoid(
+            torch.from_numpy(predict_logits(model, test_rows.subset(np.arange(len(test_rows)) < n), 65_536))
+        ).numpy()
+    m = min(N_ONNX_CHECK_ROWS, n)
+    sparse = test_rows.sparse[:m].numpy()
+    dense = test_rows.dense[:m].numpy()
+    onnx_scores = score_encoded(load_session(paths.onnx_path), sparse, dense)
+    worst = float(np.abs(onnx_scores - torch_scores[:m]).max())
+    if worst > ONNX_TOLERANCE:
+        raise ArtifactError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {ONNX_TOLERANCE}) on {m} test rows")
+    log.info("ONNX Runtime equals PyTorch on %d test rows (max difference %.2e)", m, worst)
+    write_parquet(pd.DataFrame({"row": np.arange(n, dtype=np.int64), "score": torch_scores.astype(np.float32)}),
+                  paths.model_dir / "reference_scores.parquet")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(__doc__ or "")
+    add_config_arguments(parser, TrainConfig)
+    args = parser.parse_args(argv)
+    config = config_from_args(TrainConfig, args)
+    return run_stage("s2_model_train", args, lambda paths: model_train(paths, config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
