@@ -10,8 +10,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from data_exchange_center import schema as S
+from data_exchange_center.topk_metrics import topk_metrics
 from offline.evaluate.channels import split_by_user
-from offline.evaluate.topk_metrics import topk_metrics
 
 TOPK = 50
 MERGED_RECALL_K = 200

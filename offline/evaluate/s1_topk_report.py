@@ -21,11 +21,11 @@ from data_exchange_center import schema as S
 from data_exchange_center.artifacts import atomic_path, read_json, read_parquet, update_metrics, write_json
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import load_settings
+from data_exchange_center.topk_metrics import topk_metrics
 from offline.common.stage import run_stage, stage_parser
 from offline.evaluate.chain_eval import chain_quotas, run_chain
 from offline.evaluate.holdout import MERGED_RECALL_K, TOPK, Holdout
 from offline.evaluate.report import plot_curves, plot_topk, render_report
-from offline.evaluate.topk_metrics import topk_metrics
 from offline.evaluate.validation import select_like_weight
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from data_exchange_center.artifacts import read_parquet
 from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.item_index import ItemIndex, neighbor_matrix
 from data_exchange_center.paths import ArtifactPaths
+from data_exchange_center.topk_metrics import topk_metrics
 from offline.evaluate.channels import popularity_table, split_by_user
-from offline.evaluate.topk_metrics import topk_metrics
 from offline.preprocess.pit_features import item_genre_flags, list_genres, pit_counts, user_terms_from_clicks
 from offline.rank.features import build_user_features
 from offline.rank.scoring import load_session, score_pairs

@@ -30,6 +30,7 @@ from data_exchange_center.artifacts import (
 )
 from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.paths import ArtifactPaths
+from offline.common.metrics import validation_mask
 from offline.common.stage import add_config_arguments, config_from_args, run_stage, stage_parser
 from offline.preprocess.s1_data_split import dataset_name
 from offline.rank.deepfm import DeepFM, export_onnx
@@ -42,7 +43,6 @@ from offline.rank.train import (
     fit,
     history_record,
     predict_logits,
-    validation_mask,
 )
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ from data_exchange_center import schema as S
 from data_exchange_center.artifacts import read_parquet, update_metrics, write_json, write_metadata, write_parquet
 from data_exchange_center.item_index import ItemIndex, neighbor_matrix
 from data_exchange_center.paths import ArtifactPaths
+from data_exchange_center.topk_metrics import topk_metrics
 from offline.common.stage import add_config_arguments, config_from_args, run_stage, stage_parser
 from offline.evaluate.channels import UserStates, channel_recommender, split_by_user
 from offline.evaluate.holdout import TOPK, Holdout, evaluate_recommender
-from offline.evaluate.topk_metrics import topk_metrics
 from offline.preprocess.s1_data_split import dataset_name
 from offline.recall.item_to_item import ItemToItemConfig, fit_ease, neighbor_table
 

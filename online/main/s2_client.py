@@ -6,7 +6,7 @@
 ``--replay`` sends every user with at least one positive in the online holdout
 (``preprocess/samples.parquet``, split "online", label 1) to the running service, computes Recall@50,
 HitRate@50 and NDCG@50 of the served lists the way the offline evaluation does
-(``offline/evaluate/topk_metrics.py``), prints them beside ``reports/metrics.json``'s ``topk.ranked``
+(``data_exchange_center/topk_metrics.py``), prints them beside ``reports/metrics.json``'s ``topk.ranked``
 and exits 1 when any differs by more than ``--tolerance`` (or when a request failed).
 """
 
@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # `python online/main/s2_client.py`: make the rep
 
 from data_exchange_center import schema as S
 from data_exchange_center.paths import ArtifactPaths
+from data_exchange_center.topk_metrics import topk_metrics
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 TOPK = 50
@@ -56,28 +57,6 @@ class RecClient:
         if reply.status_code != 200:
             raise RuntimeError(f"user {userid}: HTTP {reply.status_code}: {reply.text[:300]}")
         return reply.json()
-
-
-def topk_metrics(recommended: list[np.ndarray], relevant: list[np.ndarray], k: int) -> dict[str, float]:
-    """Mean Recall@k, HitRate@k, NDCG@k over users with a relevant item (as offline/evaluate/topk_metrics.py)."""
-    discounts = 1.0 / np.log2(np.arange(k) + 2)  # (k,)
-    recalls, hits_any, ndcgs = [], [], []
-    for rec, rel in zip(recommended, relevant, strict=True):
-        if len(rel) == 0:
-            continue
-        hits = np.isin(rec[:k], rel)  # (<=k,)
-        n_hits = hits.sum()
-        recalls.append(n_hits / len(rel))
-        hits_any.append(float(n_hits > 0))
-        ndcgs.append((discounts[: len(hits)] * hits).sum() / discounts[: min(k, len(rel))].sum())
-    if not recalls:
-        return {"recall": 0.0, "hit_rate": 0.0, "ndcg": 0.0, "n_users": 0}
-    return {
-        "recall": round(float(np.mean(recalls)), 6),
-        "hit_rate": round(float(np.mean(hits_any)), 6),
-        "ndcg": round(float(np.mean(ndcgs)), 6),
-        "n_users": len(recalls),
-    }
 
 
 def holdout_positives(paths: ArtifactPaths) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -9,7 +9,7 @@ import pytest
 from data_exchange_center import chain
 from data_exchange_center import schema as S
 from data_exchange_center.item_index import ItemIndex, neighbor_matrix, top_k
-from offline.evaluate.topk_metrics import topk_metrics
+from data_exchange_center.topk_metrics import topk_metrics
 
 pytestmark = pytest.mark.unit
 

@@ -1,5 +1,7 @@
 """Top-K metrics on the online holdout: Recall@K, HitRate@K and NDCG@K, averaged over users.
 
+The offline report and the online replay (``online/main/s2_client.py --replay``) both use these.
+
 Ground truth per user: the online-holdout items with a positive label. Recommendations never include
 the user's offline items (the chain filters them), so a recommended list is judged as it is served.
 Recall@K is hits / number of relevant items; NDCG@K uses binary gains with the ideal DCG of
