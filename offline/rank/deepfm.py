@@ -6,8 +6,14 @@ Inputs follow ``data_exchange_center.model_signature``: ``sparse_ids`` int64 (ba
 by its value. The logit is the sum of
 
 - a first-order term: one weight per sparse id, a linear map of the dense values, and a bias;
-- the FM second-order term: the sum of the pairwise dot products of all field vectors;
-- an MLP over the concatenated sparse embeddings and the raw dense values.
+- the FM second-order term: the sum of the pairwise dot products of the field vectors (the sparse
+  fields, plus any dense fields listed in ``fm_dense_fields`` as value-scaled vectors);
+- an MLP over the dense values (and, if ``mlp_on_embeddings``, the sparse embeddings).
+
+Genre crosses join the two sides inside the model: for each group of per-genre user affinities listed
+in ``cross_user_fields`` (one dense field per genre), the mean affinity over the candidate item's genres
+(``cross_item_fields``, its genre flags). They are appended to the dense values before the linear part
+and the MLP, so serving sends only user and item features.
 
 ``forward`` returns the probability of a like (rating > 3) as (batch, 1). The model is rebuilt from a
 ``RankerConfig`` (saved as ``rank/model/model_args.json``), never guessed from a checkpoint.
@@ -40,6 +46,8 @@ class RankerConfig:
     dropout: float = 0.0
     fm_dense_fields: list[int] = field(default_factory=list)  # dense fields in the FM term (value-scaled vectors)
     mlp_on_embeddings: bool = True  # the MLP reads the sparse embeddings as well as the dense values
+    cross_user_fields: list[list[int]] = field(default_factory=list)  # groups of per-genre user dense fields
+    cross_item_fields: list[int] = field(default_factory=list)  # the item's genre flag fields, same genre order
 
     @property
     def n_sparse(self) -> int:
@@ -58,15 +66,32 @@ class RankerConfig:
             dropout=float(raw["dropout"]),
             fm_dense_fields=[int(j) for j in raw["fm_dense_fields"]],
             mlp_on_embeddings=bool(raw["mlp_on_embeddings"]),
+            cross_user_fields=[[int(j) for j in group] for group in raw["cross_user_fields"]],
+            cross_item_fields=[int(j) for j in raw["cross_item_fields"]],
         )
+
+    @property
+    def n_crosses(self) -> int:
+        return len(self.cross_user_fields)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` on field indices that cannot fit the inputs."""
+        fields = [j for group in self.cross_user_fields for j in group] + self.cross_item_fields + self.fm_dense_fields
+        if any(not 0 <= j < self.n_dense for j in fields):
+            raise ValueError(f"dense field indices must lie in [0, {self.n_dense})")
+        if any(len(group) != len(self.cross_item_fields) for group in self.cross_user_fields):
+            raise ValueError("every cross_user_fields group needs one field per item genre flag")
 
 
 class DeepFM(nn.Module):
     offsets: torch.Tensor  # (n_sparse,) registered buffer
     fm_dense_fields: torch.Tensor  # (n_fm_dense,) registered buffer
+    cross_user_fields: torch.Tensor  # (n_crosses * n_genres,) registered buffer
+    cross_item_fields: torch.Tensor  # (n_genres,) registered buffer
 
     def __init__(self, config: RankerConfig) -> None:
         super().__init__()
+        config.check()
         self.config = config
         offsets = torch.tensor([0, *config.vocab_sizes[:-1]], dtype=torch.int64).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)  # (n_sparse,) start of each field's rows
@@ -76,8 +101,14 @@ class DeepFM(nn.Module):
         fm_dense = torch.tensor(config.fm_dense_fields, dtype=torch.int64)
         self.register_buffer("fm_dense_fields", fm_dense, persistent=False)  # (n_fm_dense,)
         self.dense_embedding = nn.Parameter(torch.empty(len(fm_dense), config.embed_dim))  # (n_fm_dense, dim)
-        self.dense_linear = nn.Linear(config.n_dense, 1)  # first-order dense weights + global bias
-        n_mlp_inputs = config.n_dense + (config.n_sparse * config.embed_dim if config.mlp_on_embeddings else 0)
+        cross_user = torch.tensor([j for group in config.cross_user_fields for j in group], dtype=torch.int64)
+        self.register_buffer("cross_user_fields", cross_user, persistent=False)
+        self.register_buffer(
+            "cross_item_fields", torch.tensor(config.cross_item_fields, dtype=torch.int64), persistent=False
+        )
+        n_values = config.n_dense + config.n_crosses
+        self.dense_linear = nn.Linear(n_values, 1)  # first-order weights of dense values and crosses + global bias
+        n_mlp_inputs = n_values + (config.n_sparse * config.embed_dim if config.mlp_on_embeddings else 0)
         self.mlp = build_mlp(n_mlp_inputs, config.hidden_dims, config.dropout)
         self.reset_parameters()
 
@@ -99,15 +130,24 @@ class DeepFM(nn.Module):
             fm_values = dense.index_select(1, self.fm_dense_fields)  # (batch, n_fm_dense)
             dense_vectors = fm_values.unsqueeze(-1) * self.dense_embedding  # (batch, n_fm_dense, dim)
             fields = torch.cat([sparse_vectors, dense_vectors], dim=1)  # (batch, n_sparse + n_fm_dense, dim)
-        first_order = self.sparse_weight(rows).sum(dim=1) + self.dense_linear(dense)  # (batch, 1)
+        values = torch.cat([dense, self.genre_crosses(dense)], dim=1) if self.config.n_crosses else dense
+        first_order = self.sparse_weight(rows).sum(dim=1) + self.dense_linear(values)  # (batch, 1)
         square_of_sum = fields.sum(dim=1).pow(2)  # (batch, dim)
         sum_of_squares = fields.pow(2).sum(dim=1)  # (batch, dim)
         second_order = 0.5 * (square_of_sum - sum_of_squares).sum(dim=1, keepdim=True)  # (batch, 1)
         mlp_input = (
-            torch.cat([sparse_vectors.flatten(start_dim=1), dense], dim=1) if self.config.mlp_on_embeddings else dense
+            torch.cat([sparse_vectors.flatten(start_dim=1), values], dim=1) if self.config.mlp_on_embeddings else values
         )
         deep = self.mlp(mlp_input)  # (batch, 1)
         return first_order + second_order + deep
+
+    def genre_crosses(self, dense: torch.Tensor) -> torch.Tensor:
+        """Mean user affinity over the item's genres, per affinity group: (batch, n_crosses)."""
+        flags = dense.index_select(1, self.cross_item_fields)  # (batch, n_genres)
+        n_genres = flags.sum(dim=1, keepdim=True).clamp(min=1.0)  # (batch, 1)
+        affinity = dense.index_select(1, self.cross_user_fields)  # (batch, n_crosses * n_genres)
+        affinity = affinity.reshape(-1, self.config.n_crosses, flags.shape[1])  # (batch, n_crosses, n_genres)
+        return (affinity * flags.unsqueeze(1)).sum(dim=2) / n_genres  # (batch, n_crosses)
 
     def embedding_l2(self, sparse_ids: torch.Tensor) -> torch.Tensor:
         """Mean over the batch of the squared norms of the rows it looks up (a scalar L2 penalty)."""

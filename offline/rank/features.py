@@ -2,14 +2,15 @@
 
 Every feature column belongs to one of two sources, joined on ids:
 
-- user: ``userid``, the demographics of ``users.parquet`` where the dataset has them (categorical), the
-  point-in-time genre counts ``imp_*``/``clk_*`` and history statistics ``hist_*`` (dense, standardized);
+- user: ``userid``, the demographics of ``users.parquet`` where the dataset has them (categorical); the
+  point-in-time genre counts ``imp_*``/``clk_*``, history statistics ``hist_*`` and recent-window rates
+  (dense, standardized); the per-genre affinities of ``user_history`` (dense, in [0, 1], passed through);
 - item: ``itemid`` (categorical) and the ``genre_<slug>`` multi-hot flags (dense, passed through).
 
-Training rows take the point-in-time user features of each impression (``pit_features``, computed
-strictly before it); the serving user table takes the same columns from the online user profile (the
-same function evaluated after the user's last offline impression). Vocabularies and normalization
-statistics come from the training split only, so no test row can change the specification.
+Training rows take the point-in-time user features of each impression (computed strictly before it);
+the serving user table takes the same columns at the position right after the user's last offline
+impression (the online user profile). Vocabularies and normalization statistics come from the training
+split only, so no test row can change the specification.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import pandas as pd
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import ArtifactError
 from data_exchange_center.feature_spec import CategoricalField, DenseField, FeatureSpec, Source
+from offline.preprocess.pit_features import online_profile_positions
+from offline.rank.user_history import UserHistory, all_affinity_columns, window_columns
 
 KEY_COLUMNS = (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ)  # identify a train/test row; ids double as features
 
@@ -43,9 +46,19 @@ def list_genres(items: pd.DataFrame) -> list[str]:
     return sorted(set(items[S.GENRES].explode().dropna().astype(str)))
 
 
-def user_dense_columns(genres: list[str]) -> list[str]:
-    """The user's dense columns: point-in-time impression and click counts, then history statistics."""
+def pit_input_columns(genres: list[str]) -> list[str]:
+    """The preprocess point-in-time columns ranking reads: genre counts, then history statistics."""
     return S.pit_columns(genres) + list(S.HISTORY_COLUMNS)
+
+
+def standardized_user_columns(genres: list[str]) -> list[str]:
+    """User dense columns standardized with training statistics."""
+    return pit_input_columns(genres) + window_columns()
+
+
+def user_dense_columns(genres: list[str]) -> list[str]:
+    """All user dense columns in model order: standardized ones, then the genre affinities."""
+    return standardized_user_columns(genres) + all_affinity_columns(genres)
 
 
 def demographic_columns(users: pd.DataFrame) -> list[str]:
@@ -66,12 +79,37 @@ def build_item_features(items: pd.DataFrame, genres: list[str]) -> pd.DataFrame:
     return out
 
 
-def build_user_features(users: pd.DataFrame, profiles: pd.DataFrame, genres: list[str]) -> pd.DataFrame:
-    """The serving user features: ``userid``, demographics, then the profile's dense columns."""
+def build_user_features(
+    samples: pd.DataFrame, history: UserHistory, users: pd.DataFrame, profiles: pd.DataFrame, genres: list[str]
+) -> pd.DataFrame:
+    """The serving user features: ``userid``, demographics, then the dense columns of the online profile
+    (the point-in-time features at the position right after each user's last offline impression)."""
     _require_unique(users[S.USER_ID], "users.parquet", "user")
     _require_unique(profiles[S.USER_ID], "user_profiles.parquet", "user")
-    out = profiles[[S.USER_ID, *user_dense_columns(genres)]].reset_index(drop=True)
+    user_ids, first_row, positions = online_profile_positions(samples)
+    profile_rows = pd.Index(profiles[S.USER_ID]).get_indexer(user_ids)
+    if (profile_rows < 0).any() or len(profiles) != len(user_ids):
+        raise ArtifactError(
+            f"user_profiles.parquet has {len(profiles)} users, samples.parquet {len(user_ids)} "
+            f"({int((profile_rows < 0).sum())} without a profile): re-run offline/preprocess/s2_term_trans.py"
+        )
+    window_counts = profiles.iloc[profile_rows].reset_index(drop=True)
+    check_history_position(history, first_row, positions, window_counts)
+    extra = history.features_at(first_row, positions, window_counts, genres)
+    out = pd.concat([window_counts[[S.USER_ID, *pit_input_columns(genres)]], extra], axis=1)
     return join_demographics(out, users, "user_profiles.parquet", at=1)
+
+
+def check_history_position(
+    history: UserHistory, first_row: np.ndarray, positions: np.ndarray, window_counts: pd.DataFrame
+) -> None:
+    """Refuse point-in-time rows whose history length disagrees with the samples at those positions."""
+    n_history = history.events[positions, 0] - history.events[first_row, 0]
+    if not np.array_equal(n_history, window_counts[S.HIST_N].to_numpy(dtype=np.float64)):
+        raise ArtifactError(
+            "the point-in-time features do not match samples.parquet (hist_n differs): they come from "
+            "different runs; re-run offline/preprocess/s2_term_trans.py"
+        )
 
 
 def join_demographics(rows: pd.DataFrame, users: pd.DataFrame, what: str, at: int) -> pd.DataFrame:
@@ -94,25 +132,36 @@ def join_demographics(rows: pd.DataFrame, users: pd.DataFrame, what: str, at: in
 def build_impression_rows(
     samples: pd.DataFrame,
     pit: pd.DataFrame,
+    history: UserHistory,
     users: pd.DataFrame,
     item_features: pd.DataFrame,
+    item_rows: np.ndarray,
     genres: list[str],
     split: str,
 ) -> pd.DataFrame:
-    """Rows of one split: key columns, demographics, point-in-time user columns, item genre flags."""
-    mask = (samples[S.SPLIT] == split).to_numpy()
-    rows = samples.loc[mask, list(KEY_COLUMNS)].reset_index(drop=True)
+    """Rows of one split: key columns, demographics, user dense columns, item genre flags.
+
+    ``item_rows`` maps every sample to its row of ``item_features``."""
+    positions = np.flatnonzero((samples[S.SPLIT] == split).to_numpy())
+    rows = samples[list(KEY_COLUMNS)].iloc[positions].reset_index(drop=True)
     rows = join_demographics(rows, users, f"the {split} split", at=len(KEY_COLUMNS))
-    dense = pit.loc[mask, user_dense_columns(genres)].reset_index(drop=True)
-    item_rows = pd.Index(item_features[S.ITEM_ID]).get_indexer(rows[S.ITEM_ID])
+    window_counts = pit[pit_input_columns(genres)].iloc[positions].reset_index(drop=True)
+    first_row = positions - samples[S.SEQ].to_numpy()[positions]
+    extra = history.features_at(first_row, positions, window_counts, genres)
+    flags = item_features.drop(columns=S.ITEM_ID).iloc[item_rows[positions]].reset_index(drop=True)
+    return pd.concat([rows, window_counts, extra, flags], axis=1, copy=False)
+
+
+def sample_item_rows(samples: pd.DataFrame, item_features: pd.DataFrame) -> np.ndarray:
+    """Each sample's row in ``item_features``; every rated item must be in the catalogue."""
+    item_rows = pd.Index(item_features[S.ITEM_ID]).get_indexer(samples[S.ITEM_ID])
     if (item_rows < 0).any():
-        unknown = np.unique(rows[S.ITEM_ID].to_numpy()[item_rows < 0])
+        unknown = np.unique(samples[S.ITEM_ID].to_numpy()[item_rows < 0])
         raise ArtifactError(
-            f"{len(unknown)} items of the {split} split are missing from items.parquet "
-            f"(e.g. {unknown[:5].tolist()}): re-run the preprocess stages on one dataset"
+            f"{len(unknown)} rated items are missing from items.parquet (e.g. {unknown[:5].tolist()}): "
+            "re-run the preprocess stages on one dataset"
         )
-    flags = item_features.drop(columns=S.ITEM_ID).iloc[item_rows].reset_index(drop=True)
-    return pd.concat([rows, dense, flags], axis=1)
+    return item_rows
 
 
 # --- the specification -----------------------------------------------------------------------------
@@ -136,7 +185,8 @@ def build_feature_spec(train: pd.DataFrame, users: pd.DataFrame, genres: list[st
     user_categorical = [S.USER_ID, *demographic_columns(users)]
     categorical = [categorical_field(c, "user", train[c]) for c in user_categorical]
     categorical.append(categorical_field(S.ITEM_ID, "item", train[S.ITEM_ID]))
-    dense = [dense_field(c, "user", train[c], normalize=True) for c in user_dense_columns(genres)]
+    dense = [dense_field(c, "user", train[c], normalize=True) for c in standardized_user_columns(genres)]
+    dense += [dense_field(c, "user", train[c], normalize=False) for c in all_affinity_columns(genres)]
     dense += [dense_field(S.genre_flag_column(g), "item", train[S.genre_flag_column(g)], False) for g in genres]
     return FeatureSpec(dataset=dataset, categorical=categorical, dense=dense, genres=list(genres))
 
@@ -154,10 +204,18 @@ def build_ranking_tables(
     genres = list_genres(items)
     check_inputs(samples, pit, profiles, genres)
     item_features = build_item_features(items, genres)
-    train = build_impression_rows(samples, pit, users, item_features, genres, S.SPLIT_TRAIN)
-    test = build_impression_rows(samples, pit, users, item_features, genres, S.SPLIT_TEST)
+    item_rows = sample_item_rows(samples, item_features)
+    flags = item_features.drop(columns=S.ITEM_ID).to_numpy()[item_rows]  # (n_samples, n_genres)
+    history = UserHistory.from_samples(samples, flags)
+    del flags
+    check_history_position(history, np.arange(len(samples)) - samples[S.SEQ].to_numpy(), np.arange(len(samples)), pit)
+    split_rows = {
+        split: build_impression_rows(samples, pit, history, users, item_features, item_rows, genres, split)
+        for split in (S.SPLIT_TRAIN, S.SPLIT_TEST)
+    }
+    train, test = split_rows[S.SPLIT_TRAIN], split_rows[S.SPLIT_TEST]
     spec = build_feature_spec(train, users, genres, dataset)
-    user_features = build_user_features(users, profiles, genres)
+    user_features = build_user_features(samples, history, users, profiles, genres)
     return RankingTables(spec=spec, user_features=user_features, item_features=item_features, train=train, test=test)
 
 
@@ -168,7 +226,7 @@ def check_inputs(samples: pd.DataFrame, pit: pd.DataFrame, profiles: pd.DataFram
             f"pit_features.parquet has {len(pit)} rows but samples.parquet has {len(samples)}: they must be "
             "row-aligned; re-run offline/preprocess/s2_term_trans.py"
         )
-    expected = user_dense_columns(genres)
+    expected = pit_input_columns(genres)
     for name, frame in (("pit_features.parquet", pit), ("user_profiles.parquet", profiles)):
         missing = [c for c in expected if c not in frame.columns]
         if missing:

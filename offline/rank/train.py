@@ -23,6 +23,7 @@ from data_exchange_center import schema as S
 from data_exchange_center.feature_spec import FeatureSpec, combine_features
 from offline.common.metrics import roc_auc
 from offline.rank.deepfm import DeepFM, RankerConfig
+from offline.rank.user_history import AFFINITY_PREFIXES
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class TrainConfig:
     embed_dim: int = 16
     hidden_dims: tuple[int, ...] = (64, 32)
     dropout: float = 0.2
-    fm_dense: str = "none"  # dense fields in the FM term: "none", "flags" (the unnormalized ones), "all"
+    fm_dense: str = "none"  # dense fields in the FM term: "none", "item" (genre flags), "all"
+    genre_crosses: bool = True  # cross the user's per-genre affinities with the item's genres in the model
     mlp_on_embeddings: bool = False  # measured on ML-1M: the MLP over id embeddings overfits
     val_fraction: float = 0.1  # the last share of each user's train impressions used for model selection
     patience: int = 2  # epochs without a better validation AUC before stopping
@@ -58,15 +60,28 @@ class TrainConfig:
             dropout=self.dropout,
             fm_dense_fields=fm_dense_fields(spec, self.fm_dense),
             mlp_on_embeddings=self.mlp_on_embeddings,
+            **(genre_cross_fields(spec) if self.genre_crosses else {}),
         )
 
 
 def fm_dense_fields(spec: FeatureSpec, which: str) -> list[int]:
     """Positions of the dense fields that take part in the FM term."""
-    choices = {"none": lambda f: False, "flags": lambda f: not f.normalize, "all": lambda f: True}
+    choices = {"none": lambda f: False, "item": lambda f: f.source == "item", "all": lambda f: True}
     if which not in choices:
         raise ValueError(f"fm_dense must be one of {sorted(choices)}, not {which!r}")
     return [j for j, f in enumerate(spec.dense) if choices[which](f)]
+
+
+def genre_cross_fields(spec: FeatureSpec) -> dict[str, list]:
+    """Dense positions of each per-genre user affinity group and of the item's genre flags (genre order)."""
+    position = {f.name: j for j, f in enumerate(spec.dense)}
+    slugs = [S.genre_slug(g) for g in spec.genres]
+    item_fields = [position.get(S.GENRE_FLAG_PREFIX + slug) for slug in slugs]
+    groups = [[position.get(prefix + slug) for slug in slugs] for prefix in AFFINITY_PREFIXES]
+    if not slugs or None in item_fields or any(None in group for group in groups):
+        log.warning("the feature spec lacks genre flags or affinities: no genre crosses")
+        return {}
+    return {"cross_user_fields": groups, "cross_item_fields": item_fields}
 
 
 @dataclass(frozen=True)
