@@ -25,8 +25,9 @@ from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.topk_metrics import topk_metrics
 from offline.evaluate.channels import popularity_table, split_by_user
 from offline.preprocess.pit_features import item_genre_flags, list_genres, pit_counts, user_terms_from_clicks
-from offline.rank.features import build_user_features
+from offline.rank.features import user_features_at
 from offline.rank.scoring import load_session, score_pairs
+from offline.rank.user_history import UserHistory
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,16 @@ def validation_user_features(paths: ArtifactPaths, samples: pd.DataFrame) -> tup
     users = samples[S.USER_ID].to_numpy()
     first = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     n_train = np.add.reduceat((samples[S.SPLIT] == S.SPLIT_TRAIN).to_numpy().astype(np.int64), first)
-    profiles = pit_counts(samples, item_genre_flags(items, genres), genres, first, first + n_train)
+    flags = item_genre_flags(items, genres)
+    positions = first + n_train
+    profiles = pit_counts(samples, flags, genres, first, positions)
     clicks = profiles[[S.click_column(g) for g in genres]].to_numpy()
     terms = dict(zip(users[first].tolist(), user_terms_from_clicks(clicks, genres), strict=True))
     profiles.insert(0, S.USER_ID, users[first])
-    return build_user_features(read_parquet(paths.users_path, (S.USER_ID,)), profiles, genres), terms
+    row_flags = flags.reindex(samples[S.ITEM_ID].to_numpy(), fill_value=0).to_numpy()  # (n, n_genres)
+    history = UserHistory.from_samples(samples, row_flags)
+    user_table = read_parquet(paths.users_path, (S.USER_ID,))
+    return user_features_at(history, user_table, profiles, first, positions, genres), terms
 
 
 def select_like_weight(

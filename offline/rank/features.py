@@ -94,6 +94,21 @@ def build_user_features(
             f"({int((profile_rows < 0).sum())} without a profile): re-run offline/preprocess/s2_term_trans.py"
         )
     window_counts = profiles.iloc[profile_rows].reset_index(drop=True)
+    return user_features_at(history, users, window_counts, first_row, positions, genres)
+
+
+def user_features_at(
+    history: UserHistory,
+    users: pd.DataFrame,
+    window_counts: pd.DataFrame,
+    first_row: np.ndarray,
+    positions: np.ndarray,
+    genres: list[str],
+) -> pd.DataFrame:
+    """User feature rows for hypothetical impressions at ``positions`` (one per user): ``userid``,
+    demographics, then the dense columns; ``window_counts`` holds the preprocess point-in-time columns
+    (with ``userid``) at those positions. Serving uses the position after the offline period; the
+    validation setup of the evaluation uses the position after the training split."""
     check_history_position(history, first_row, positions, window_counts)
     extra = history.features_at(first_row, positions, window_counts, genres)
     out = pd.concat([window_counts[[S.USER_ID, *pit_input_columns(genres)]], extra], axis=1)
