@@ -30,20 +30,11 @@ from data_exchange_center.artifacts import (
 )
 from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.paths import ArtifactPaths
-from offline.common.metrics import validation_mask
 from offline.common.stage import add_config_arguments, config_from_args, run_stage, stage_parser
 from offline.preprocess.s1_data_split import dataset_name
 from offline.rank.deepfm import DeepFM, export_onnx
 from offline.rank.scoring import load_session, score_encoded
-from offline.rank.train import (
-    EncodedRows,
-    TrainConfig,
-    encode_rows,
-    evaluate,
-    fit,
-    history_record,
-    predict_logits,
-)
+from offline.rank.train import EncodedRows, TrainConfig, encode_rows, evaluate, predict_logits, train_ranker
 
 log = logging.getLogger(__name__)
 N_REFERENCE_ROWS = 2_000
@@ -55,22 +46,22 @@ def model_train(paths: ArtifactPaths, config: TrainConfig) -> dict[str, float]:
     spec = FeatureSpec.load(paths.feature_spec_path)
     train = read_parquet(paths.rank_train_path, (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ, *spec.columns))
     test = read_parquet(paths.rank_test_path, (S.LABEL, *spec.columns))
-    is_val = validation_mask(train, config.val_fraction)
-    rows = encode_rows(spec, train)
-    result = fit(config.ranker_config(spec), rows.subset(~is_val), rows.subset(is_val), config, progress=True)
+    trained = train_ranker(spec, train, config)
+    del train
     test_rows = encode_rows(spec, test)
-    test_metrics = evaluate(result.model, test_rows, config.eval_batch_size)
-    log.info("selected epoch %d (validation AUC %.4f); test AUC %.4f", result.best_epoch, result.best_val_auc,
+    test_metrics = evaluate(trained.model, test_rows, config.eval_batch_size)  # the one look at the test split
+    log.info("selected epoch %d (validation AUC %.4f)%s; test AUC %.4f", trained.selection.best_epoch,
+             trained.selection.best_val_auc, ", refit on all training rows" if config.refit else "",
              test_metrics["auc"])  # fmt: skip
-    save_model(paths, result.model, config, spec)
-    write_json(history_record(result, config), paths.model_dir / "training_history.json")
-    export_and_check(paths, result.model, test_rows)
+    save_model(paths, trained.model, config, spec)
+    write_json(trained.history_record(), paths.model_dir / "training_history.json")
+    export_and_check(paths, trained.model, test_rows)
     summary = {
         "test_auc": round(test_metrics["auc"], 6),
-        "val_auc": round(result.best_val_auc, 6),
+        "val_auc": round(trained.selection.best_val_auc, 6),
         "n_features": spec.n_features,
-        "best_epoch": result.best_epoch,
-        "train_seconds": round(result.train_seconds, 1),
+        "best_epoch": trained.selection.best_epoch,
+        "train_seconds": round(trained.train_seconds, 1),
     }
     write_metadata(paths.model_dir, "s2_model_train", summary, config=vars_of(config), dataset=dataset_name(paths))
     update_metrics(paths.metrics_path, {"rank": summary})

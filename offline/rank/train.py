@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from data_exchange_center import schema as S
 from data_exchange_center.feature_spec import FeatureSpec, combine_features
-from offline.common.metrics import roc_auc
+from offline.common.metrics import roc_auc, validation_mask
 from offline.rank.deepfm import DeepFM, RankerConfig
 from offline.rank.user_history import AFFINITY_PREFIXES
 
@@ -34,20 +34,21 @@ class TrainConfig:
 
     epochs: int = 40  # upper bound; early stopping usually ends sooner
     batch_size: int = 4096
-    lr: float = 5e-3
+    lr: float = 1e-2
     weight_decay: float = 1e-5  # AdamW, decoupled, on every parameter
-    lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
-    embed_l2: float = 0.01  # L2 penalty on the sparse embedding rows of each batch
+    lr_decay: float = 0.85  # the learning rate is multiplied by this after every epoch
+    embed_l2: float = 0.015  # L2 penalty on the sparse embedding rows of each batch
     embed_dim: int = 16
     hidden_dims: tuple[int, ...] = (64, 32)
     dropout: float = 0.2
     fm_dense: str = "none"  # dense fields in the FM term: "none", "item" (genre flags), "all"
     genre_crosses: bool = True  # cross the user's per-genre affinities with the item's genres in the model
+    refit: bool = True  # after selection, retrain on all training rows for the selected number of epochs
     mlp_on_embeddings: bool = False  # measured on ML-1M: the MLP over id embeddings overfits
     val_fraction: float = 0.1  # the last share of each user's train impressions used for model selection
     patience: int = 2  # epochs without a better validation AUC before stopping
     seed: int = 42
-    n_threads: int = 2
+    n_threads: int = 1  # measured on the 2-core machine: 2 threads are no faster alone, and 5-20x slower under load
     max_train_seconds: float = 300.0  # wall-time budget of the epoch loop; the best epoch so far is kept
     eval_batch_size: int = 65_536
 
@@ -173,6 +174,33 @@ def train_epoch(
     return total / max(n_seen, 1)
 
 
+@dataclass
+class Trainer:
+    """A freshly seeded model with its optimizer, schedule and shuffling generator."""
+
+    model: DeepFM
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    config: TrainConfig
+
+    @classmethod
+    def create(cls, ranker_config: RankerConfig, config: TrainConfig) -> Trainer:
+        seed_everything(config.seed, config.n_threads)
+        model = DeepFM(ranker_config)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+        return cls(model, optimizer, scheduler, torch.Generator().manual_seed(config.seed), config)
+
+    def run_epoch(self, data: EncodedRows, description: str, progress: bool) -> float:
+        """One epoch over ``data``; returns its mean training log loss."""
+        cfg = self.config
+        loss = train_epoch(self.model, self.optimizer, data, cfg.batch_size, self.generator, description, progress,
+                           cfg.embed_l2)  # fmt: skip
+        self.scheduler.step()
+        return loss
+
+
 def fit(
     ranker_config: RankerConfig,
     fit_data: EncodedRows,
@@ -181,21 +209,14 @@ def fit(
     progress: bool = True,
 ) -> FitResult:
     """Train with early stopping on validation AUC; return the model restored to its best epoch."""
-    seed_everything(config.seed, config.n_threads)
-    model = DeepFM(ranker_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+    trainer = Trainer.create(ranker_config, config)
+    model = trainer.model
     best_state, best_epoch, best_auc = copy.deepcopy(model.state_dict()), 0, -np.inf
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
-        description = f"epoch {epoch}/{config.epochs}"
-        train_loss = train_epoch(
-            model, optimizer, fit_data, config.batch_size, generator, description, progress, config.embed_l2
-        )
-        scheduler.step()
+        train_loss = trainer.run_epoch(fit_data, f"epoch {epoch}/{config.epochs}", progress)
         val = evaluate(model, val_data, config.eval_batch_size)
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_auc": val["auc"],
                         "seconds": time.perf_counter() - epoch_started})  # fmt: skip
@@ -214,7 +235,54 @@ def fit(
     return FitResult(model, best_epoch, float(best_auc), time.perf_counter() - started, history)
 
 
-def history_record(result: FitResult, config: TrainConfig) -> dict[str, Any]:
-    """The training curve artifact: per-epoch losses and validation AUC, and the selected epoch."""
-    return {"best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc,
-            "train_seconds": result.train_seconds, "seed": config.seed, "epochs": result.history}  # fmt: skip
+def refit(ranker_config: RankerConfig, rows: EncodedRows, n_epochs: int, config: TrainConfig,
+          progress: bool = True) -> tuple[DeepFM, list[dict[str, float]]]:  # fmt: skip
+    """Retrain from the same seed on all training rows (validation slice included) for ``n_epochs``, the
+    number selected on validation: the selected recipe, fitted to the most recent data too."""
+    trainer = Trainer.create(ranker_config, config)
+    history = []
+    for epoch in range(1, n_epochs + 1):
+        epoch_started = time.perf_counter()
+        train_loss = trainer.run_epoch(rows, f"refit {epoch}/{n_epochs}", progress)
+        history.append({"epoch": epoch, "train_loss": train_loss, "seconds": time.perf_counter() - epoch_started})
+        log.info("refit epoch %d: train loss %.4f (%.1f s)", epoch, train_loss, history[-1]["seconds"])
+    trainer.model.eval()
+    return trainer.model, history
+
+
+@dataclass
+class TrainedRanker:
+    """The model that scores the test split and is exported, and how it was selected."""
+
+    model: DeepFM
+    selection: FitResult  # early stopping on the validation slice
+    refit_history: list[dict[str, float]]  # per-epoch losses of the refit on all training rows (if any)
+    train_seconds: float  # selection + refit
+
+    def history_record(self) -> dict[str, Any]:
+        """The training-curve artifact: per-epoch losses and validation AUC, the selected epoch, the refit."""
+        return {
+            "best_epoch": self.selection.best_epoch,
+            "best_val_auc": self.selection.best_val_auc,
+            "train_seconds": self.train_seconds,
+            "epochs": self.selection.history,
+            "refit_epochs": self.refit_history,
+        }
+
+
+def train_ranker(
+    spec: FeatureSpec, train_rows: pd.DataFrame, config: TrainConfig, progress: bool = True
+) -> TrainedRanker:
+    """Select the number of epochs on the validation slice at the end of the training period, then (if
+    ``config.refit``) retrain on every training row for that many epochs."""
+    is_val = validation_mask(train_rows, config.val_fraction)
+    rows = encode_rows(spec, train_rows)
+    ranker_config = config.ranker_config(spec)
+    log.info("fitting %d rows, validating on %d (the last %.0f%% of each user's training impressions)",
+             int((~is_val).sum()), int(is_val.sum()), 100 * config.val_fraction)  # fmt: skip
+    selection = fit(ranker_config, rows.subset(~is_val), rows.subset(is_val), config, progress)
+    if not config.refit:
+        return TrainedRanker(selection.model, selection, [], selection.train_seconds)
+    started = time.perf_counter()
+    model, refit_history = refit(ranker_config, rows, selection.best_epoch, config, progress)
+    return TrainedRanker(model, selection, refit_history, selection.train_seconds + time.perf_counter() - started)
