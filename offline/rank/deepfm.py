@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from data_exchange_center import model_signature as sig
-from data_exchange_center.artifacts import atomic_path
+from data_exchange_center.artifacts import atomic_path, read_json
 
 INIT_STD = 0.01  # initial standard deviation of the embeddings
 
@@ -169,6 +169,13 @@ def build_mlp(n_inputs: int, hidden_dims: list[int], dropout: float) -> nn.Seque
         n_inputs = width
     layers.append(nn.Linear(n_inputs, 1))
     return nn.Sequential(*layers)
+
+
+def load_ranker(model_args_path: Path, weights_path: Path) -> DeepFM:
+    """Rebuild the model from ``model_args.json`` (its ``ranker`` entry) and load its weights (eval mode)."""
+    model = DeepFM(RankerConfig.from_dict(read_json(model_args_path)["ranker"]))
+    model.load_state_dict(torch.load(weights_path, weights_only=True))
+    return model.eval()
 
 
 def export_onnx(model: DeepFM, onnx_path: Path) -> Path:

@@ -132,6 +132,7 @@ def join_demographics(rows: pd.DataFrame, users: pd.DataFrame, what: str, at: in
     demographics = demographic_columns(users)
     if not demographics:
         return rows
+    _require_unique(users[S.USER_ID], "users.parquet", "user")
     positions = pd.Index(users[S.USER_ID]).get_indexer(rows[S.USER_ID])
     if (positions < 0).any():
         unknown = np.unique(rows[S.USER_ID].to_numpy()[positions < 0])

@@ -44,10 +44,9 @@ ONNX_TOLERANCE = 1e-5
 
 def model_train(paths: ArtifactPaths, config: TrainConfig) -> dict[str, float]:
     spec = FeatureSpec.load(paths.feature_spec_path)
-    train = read_parquet(paths.rank_train_path, (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ, *spec.columns))
+    train_columns = (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ, *spec.columns)
+    trained = train_ranker(spec, read_parquet(paths.rank_train_path, train_columns), config)
     test = read_parquet(paths.rank_test_path, (S.LABEL, *spec.columns))
-    trained = train_ranker(spec, train, config)
-    del train
     test_rows = encode_rows(spec, test)
     test_metrics = evaluate(trained.model, test_rows, config.eval_batch_size)  # the one look at the test split
     log.info("selected epoch %d (validation AUC %.4f)%s; test AUC %.4f", trained.selection.best_epoch,

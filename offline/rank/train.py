@@ -97,8 +97,17 @@ class EncodedRows:
         return len(self.labels)
 
     def subset(self, mask: np.ndarray) -> EncodedRows:
-        index = torch.from_numpy(np.flatnonzero(mask))
-        return EncodedRows(self.sparse[index], self.dense[index], self.labels[index])
+        """The rows where ``mask`` is true (a copy)."""
+        return self.take(np.flatnonzero(mask))
+
+    def take(self, index: np.ndarray) -> EncodedRows:
+        """The rows at ``index``, in that order (a copy)."""
+        positions = torch.from_numpy(np.asarray(index, dtype=np.int64))
+        return EncodedRows(self.sparse[positions], self.dense[positions], self.labels[positions])
+
+    def slice(self, start: int, stop: int) -> EncodedRows:
+        """Rows ``start:stop`` (a view, no copy)."""
+        return EncodedRows(self.sparse[start:stop], self.dense[start:stop], self.labels[start:stop])
 
 
 @dataclass
@@ -276,11 +285,14 @@ def train_ranker(
     """Select the number of epochs on the validation slice at the end of the training period, then (if
     ``config.refit``) retrain on every training row for that many epochs."""
     is_val = validation_mask(train_rows, config.val_fraction)
-    rows = encode_rows(spec, train_rows)
+    n_fit = int((~is_val).sum())
+    # fitted rows first, then the validation slice: both are views of one copy
+    rows = encode_rows(spec, train_rows).take(np.r_[np.flatnonzero(~is_val), np.flatnonzero(is_val)])
+    del train_rows  # the caller may drop its reference too: the encoded rows are all that training needs
     ranker_config = config.ranker_config(spec)
     log.info("fitting %d rows, validating on %d (the last %.0f%% of each user's training impressions)",
-             int((~is_val).sum()), int(is_val.sum()), 100 * config.val_fraction)  # fmt: skip
-    selection = fit(ranker_config, rows.subset(~is_val), rows.subset(is_val), config, progress)
+             n_fit, len(rows) - n_fit, 100 * config.val_fraction)  # fmt: skip
+    selection = fit(ranker_config, rows.slice(0, n_fit), rows.slice(n_fit, len(rows)), config, progress)
     if not config.refit:
         return TrainedRanker(selection.model, selection, [], selection.train_seconds)
     started = time.perf_counter()
