@@ -165,7 +165,8 @@ def build_impression_rows(
     first_row = positions - samples[S.SEQ].to_numpy()[positions]
     extra = history.features_at(first_row, positions, window_counts, genres)
     flags = item_features.drop(columns=S.ITEM_ID).iloc[item_rows[positions]].reset_index(drop=True)
-    return pd.concat([rows, window_counts, extra, flags], axis=1, copy=False)
+    with pd.option_context("mode.copy_on_write", True):  # keep the parts' blocks: no second copy of the rows
+        return pd.concat([rows, window_counts, extra, flags], axis=1)
 
 
 def sample_item_rows(samples: pd.DataFrame, item_features: pd.DataFrame) -> np.ndarray:

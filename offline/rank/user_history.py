@@ -31,6 +31,7 @@ LONG_RATE_PREFIX = "lt_rate_"  # whole-history click rate on the genre
 RECENT_RATE_PREFIX = "rc_rate_"  # click rate on the genre among the previous PIT_WINDOW impressions
 LONG_SHARE_PREFIX = "lt_share_"  # the genre's share of the whole history
 AFFINITY_PREFIXES = (LONG_RATE_PREFIX, RECENT_RATE_PREFIX, LONG_SHARE_PREFIX)
+CHUNK_ROWS = 131_072  # positions evaluated at once
 
 
 def window_columns() -> list[str]:
@@ -75,10 +76,13 @@ class UserHistory:
         ``first_row`` is each position's user's first row; ``window_counts`` holds the preprocess
         point-in-time columns (``imp_*``, ``clk_*``, ``hist_click_rate``) at the same positions.
         """
-        n_genres = len(genres)
-        out = np.empty((len(positions), 2 * len(RECENT_WINDOWS) + 3 * n_genres), dtype=np.float32)  # (m, k)
-        self.fill_recent_windows(first_row, positions, out[:, : 2 * len(RECENT_WINDOWS)])
-        self.fill_genre_affinities(first_row, positions, window_counts, genres, out[:, 2 * len(RECENT_WINDOWS) :])
+        n_windows = 2 * len(RECENT_WINDOWS)
+        out = np.empty((len(positions), n_windows + 3 * len(genres)), dtype=np.float32)  # (m, k)
+        for start in range(0, len(positions), CHUNK_ROWS):  # chunks bound the temporaries
+            rows = slice(start, start + CHUNK_ROWS)
+            self.fill_recent_windows(first_row[rows], positions[rows], out[rows, :n_windows])
+            counts = window_counts.iloc[rows]
+            self.fill_genre_affinities(first_row[rows], positions[rows], counts, genres, out[rows, n_windows:])
         return pd.DataFrame(out, columns=window_columns() + all_affinity_columns(genres), copy=False)
 
     def fill_recent_windows(self, first_row: np.ndarray, positions: np.ndarray, out: np.ndarray) -> None:
