@@ -168,7 +168,8 @@ def train_epoch(
     model.train()
     order = torch.randperm(len(data), generator=generator)
     total, n_seen = 0.0, 0
-    bar = tqdm(range(0, len(data), batch_size), desc=description, unit="batch", disable=not progress, leave=False)
+    quiet = {} if progress else {"disable": True}  # otherwise the stage's --quiet setting decides
+    bar = tqdm(range(0, len(data), batch_size), desc=description, unit="batch", leave=False, **quiet)
     for start in bar:
         index = order[start : start + batch_size]
         logits = model.logits(data.sparse[index], data.dense[index])[:, 0]  # (batch,)
