@@ -1,8 +1,9 @@
 """Stage rank/2: train the DeepFM ranker, select it on validation, score the test split once, export ONNX.
 
 Reads rank/feature_spec.json, rank/train.parquet and rank/test.parquet. The last 10% of each user's
-training impressions is the validation slice; early stopping keeps the epoch with the best validation
-AUC. The selected model scores the test split once. Writes rank/model/model.pt (state dict),
+training impressions is the validation slice; early stopping on validation AUC selects the number of
+epochs, and the model is retrained on every training row for that many epochs (``--no-refit`` keeps the
+selected model instead). That model scores the test split once. Writes rank/model/model.pt (state dict),
 model_args.json (everything needed to rebuild the model), training_history.json, model.onnx (checked
 against PyTorch with ONNX Runtime on 1,000 test rows) and reference_scores.parquet (PyTorch scores of
 the first test rows, for the offline-to-online check).
@@ -82,7 +83,10 @@ def save_model(paths: ArtifactPaths, model: DeepFM, config: TrainConfig, spec: F
 def export_and_check(paths: ArtifactPaths, model: DeepFM, test_rows: EncodedRows) -> None:
     """Export ONNX, check it, compare ONNX Runtime with PyTorch, write the PyTorch reference scores."""
     export_onnx(model, paths.onnx_path)
-    onnx.checker.check_model(str(paths.onnx_path))
+    proto = onnx.load(str(paths.onnx_path), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise ArtifactError(f"{paths.onnx_path} refers to external weight files; it must be one self-contained file")
+    onnx.checker.check_model(proto, full_check=True)
     n = min(N_REFERENCE_ROWS, len(test_rows))
     with torch.no_grad():
         torch_scores = torch.sigmoid(
