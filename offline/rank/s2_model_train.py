@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pandas as pd
+import pyarrow
 import torch
 
 from data_exchange_center import schema as S
@@ -46,8 +48,8 @@ ONNX_TOLERANCE = 1e-5
 def model_train(paths: ArtifactPaths, config: TrainConfig) -> dict[str, float]:
     spec = FeatureSpec.load(paths.feature_spec_path)
     train_columns = (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ, *spec.columns)
-    trained = train_ranker(spec, read_parquet(paths.rank_train_path, train_columns), config)
-    test = read_parquet(paths.rank_test_path, (S.LABEL, *spec.columns))
+    trained = train_ranker(spec, read_rows(paths.rank_train_path, train_columns), config)  # frees the frame
+    test = read_rows(paths.rank_test_path, (S.LABEL, *spec.columns))
     test_rows = encode_rows(spec, test)
     test_metrics = evaluate(trained.model, test_rows, config.eval_batch_size)  # the one look at the test split
     log.info("selected epoch %d (validation AUC %.4f)%s; test AUC %.4f", trained.selection.best_epoch,
@@ -66,6 +68,13 @@ def model_train(paths: ArtifactPaths, config: TrainConfig) -> dict[str, float]:
     write_metadata(paths.model_dir, "s2_model_train", summary, config=vars_of(config), dataset=dataset_name(paths))
     update_metrics(paths.metrics_path, {"rank": summary})
     return summary
+
+
+def read_rows(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Read a feature table and hand Arrow's read buffers back to the system (~0.4 GiB for ML-1M train)."""
+    rows = read_parquet(path, columns)
+    pyarrow.default_memory_pool().release_unused()
+    return rows
 
 
 def vars_of(config: TrainConfig) -> dict[str, object]:

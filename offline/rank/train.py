@@ -287,9 +287,11 @@ def train_ranker(
     ``config.refit``) retrain on every training row for that many epochs."""
     is_val = validation_mask(train_rows, config.val_fraction)
     n_fit = int((~is_val).sum())
-    # fitted rows first, then the validation slice: both are views of one copy
-    rows = encode_rows(spec, train_rows).take(np.r_[np.flatnonzero(~is_val), np.flatnonzero(is_val)])
+    encoded = encode_rows(spec, train_rows)
     del train_rows  # the caller may drop its reference too: the encoded rows are all that training needs
+    # fitted rows first, then the validation slice: both are views of one copy
+    rows = encoded.take(np.r_[np.flatnonzero(~is_val), np.flatnonzero(is_val)])
+    del encoded
     ranker_config = config.ranker_config(spec)
     log.info("fitting %d rows, validating on %d (the last %.0f%% of each user's training impressions)",
              n_fit, len(rows) - n_fit, 100 * config.val_fraction)  # fmt: skip
