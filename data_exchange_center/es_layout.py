@@ -11,7 +11,10 @@ Scores: with ``similarity: max_inner_product`` Elasticsearch returns ``ip + 1`` 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from data_exchange_center.settings import Settings
 
 FIELD_ITEMID = "itemid"
 FIELD_TERMS = "terms"
@@ -134,3 +137,18 @@ def popularity_query(size: int, exclude_ids: Sequence[int] = ()) -> dict[str, An
 def inner_product_from_score(score: float) -> float:
     """Invert the ``max_inner_product`` score transform."""
     return score - 1.0 if score >= 1.0 else 1.0 - 1.0 / score
+
+
+def es_client_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of ``Elasticsearch(...)`` for both sides: one host, authentication (API key, else
+    user and password) and TLS from settings; ``overrides`` sets timeouts and retries."""
+    options: dict[str, Any] = {"hosts": [settings.es_url], **overrides}
+    if settings.es_api_key is not None:
+        options["api_key"] = settings.es_api_key.get_secret_value()
+    elif settings.es_password is not None:
+        options["basic_auth"] = (settings.es_username, settings.es_password.get_secret_value())
+    if settings.es_url.startswith("https://"):
+        options["verify_certs"] = settings.es_verify_certs
+        if settings.es_ca_certs is not None:
+            options["ca_certs"] = str(settings.es_ca_certs)
+    return options

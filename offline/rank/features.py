@@ -23,7 +23,7 @@ import pandas as pd
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import ArtifactError
 from data_exchange_center.feature_spec import CategoricalField, DenseField, FeatureSpec, Source
-from offline.preprocess.pit_features import online_profile_positions
+from offline.preprocess.pit_features import list_genres, online_profile_positions
 from offline.rank.user_history import UserHistory, all_affinity_columns, window_columns
 
 KEY_COLUMNS = (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ)  # identify a train/test row; ids double as features
@@ -41,11 +41,6 @@ class RankingTables:
 
 
 # --- source tables ---------------------------------------------------------------------------------
-def list_genres(items: pd.DataFrame) -> list[str]:
-    """All genres of the catalogue, sorted: the order of every genre column downstream."""
-    return sorted(set(items[S.GENRES].explode().dropna().astype(str)))
-
-
 def pit_input_columns(genres: list[str]) -> list[str]:
     """The preprocess point-in-time columns ranking reads: genre counts, then history statistics."""
     return S.pit_columns(genres) + list(S.HISTORY_COLUMNS)

@@ -14,6 +14,7 @@ import elastic_transport
 from elasticsearch import AuthenticationException, AuthorizationException, Elasticsearch, NotFoundError, helpers
 from tqdm import tqdm
 
+from data_exchange_center import es_layout
 from data_exchange_center.settings import Settings
 from offline_to_online.common import BackendUnavailable, PublishVerificationError, redact_url, retry_startup
 
@@ -27,17 +28,8 @@ AUTH_HINT = "check RECSYS_ES_USERNAME and RECSYS_ES_PASSWORD, or RECSYS_ES_API_K
 
 
 def es_client_options(settings: Settings, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
-    """Keyword arguments of ``Elasticsearch(...)``: one host, auth and TLS from settings."""
-    options: dict[str, Any] = {"hosts": [settings.es_url], "request_timeout": timeout_s, "max_retries": 2}
-    if settings.es_api_key is not None:
-        options["api_key"] = settings.es_api_key.get_secret_value()
-    elif settings.es_password is not None:
-        options["basic_auth"] = (settings.es_username, settings.es_password.get_secret_value())
-    if settings.es_url.startswith("https://"):
-        options["verify_certs"] = settings.es_verify_certs
-        if settings.es_ca_certs is not None:
-            options["ca_certs"] = str(settings.es_ca_certs)
-    return options
+    """Keyword arguments of ``Elasticsearch(...)`` for publishing: a long timeout and two retries."""
+    return es_layout.es_client_options(settings, request_timeout=timeout_s, max_retries=2)
 
 
 def connect_es(settings: Settings, attempts: int = 5) -> Elasticsearch:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from data_exchange_center import es_layout as E
+from data_exchange_center.es_layout import es_client_options
 from data_exchange_center.item_index import Ranked
 from data_exchange_center.settings import Settings
 from online.backends.base import ChainParams, IndexSnapshot, ReadyStatus
@@ -38,15 +39,7 @@ class ElasticsearchApi:
     def __init__(self, settings: Settings) -> None:
         from elasticsearch import Elasticsearch
 
-        options: dict[str, Any] = {"hosts": [settings.es_url], "max_retries": 0, "retry_on_timeout": False}
-        if settings.es_api_key is not None:
-            options["api_key"] = settings.es_api_key.get_secret_value()
-        elif settings.es_password is not None:
-            options["basic_auth"] = (settings.es_username, settings.es_password.get_secret_value())
-        if settings.es_url.startswith("https://"):
-            options["verify_certs"] = settings.es_verify_certs
-            if settings.es_ca_certs is not None:
-                options["ca_certs"] = str(settings.es_ca_certs)
+        options = es_client_options(settings, max_retries=0, retry_on_timeout=False)  # budgets per call
         self.client = Elasticsearch(**options)
 
     def search(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
