@@ -21,7 +21,7 @@ RAW_DIR ?=
 FALLBACK_SYNTHETIC ?= yes
 S0_ARGS ?=
 PROFILE ?= embedded
-DATA_DIR := $(or $(RECSYS_DATA_DIR),data_exchange_center)
+DATA_DIR := $(or $(RECSYS_DATA_DIR),data)
 
 HOST ?= $(or $(RECSYS_HOST),127.0.0.1)
 PORT ?= $(or $(RECSYS_PORT),5000)
@@ -29,6 +29,8 @@ WORKERS ?= $(or $(GUNICORN_WORKERS),2)
 THREADS ?= $(or $(GUNICORN_THREADS),4)
 DEMO_USERS ?= 1 2 3
 PYTEST_ARGS ?=
+# The live tier runs only where an outside Elasticsearch is configured; pytest reports it as not run otherwise.
+TEST_TIERS ?= unit or integration or services or e2e$(if $(RECSYS_TEST_ES_URL), or live)
 BENCH_ARGS ?=
 
 COMPOSE ?= docker compose
@@ -151,7 +153,7 @@ serve: install ## run the online service with gunicorn on HOST:PORT (PROFILE, WO
 	$(GUNICORN)
 
 test: install triton-venv lint ## install, set up the Triton venv, lint, type-check, run all test tiers
-	@rc=0; $(PYTHON) -m pytest -m "unit or integration or e2e" $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(PYTHON) -m pytest -m "$(TEST_TIERS)" $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); that is a failure" >&2; fi; \
 	exit $$rc
 
@@ -169,8 +171,8 @@ bench: install ## offline stage timings and online load benchmark (scripts/bench
 up: ## docker compose up (SERVICES, default all) and wait until healthy; copies the ES CA to .certs/
 	@test -f .env || { echo "no .env: run 'cp .env.example .env' and set ELASTIC_PASSWORD" >&2; exit 1; }
 	@if [ -z "$(SERVICES)" ] || echo " $(SERVICES) " | grep -qE ' (feast|triton|recsys) '; then \
-		test -f data_exchange_center/feature_repo/feature_store.yaml \
-		&& ls data_exchange_center/model_repository/*/config.pbtxt >/dev/null 2>&1 \
+		test -f $(DATA_DIR)/feature_repo/feature_store.yaml \
+		&& ls $(DATA_DIR)/model_repository/*/config.pbtxt >/dev/null 2>&1 \
 		|| { echo "feast and triton serve the generated repositories: run 'make up SERVICES=\"redis elasticsearch\"'" \
 			"then 'make pipeline PROFILE=compose' first" >&2; exit 1; }; \
 	fi

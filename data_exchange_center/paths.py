@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DATA_DIR = PACKAGE_DIR.parent / "data"
 DATA_DIR_ENV = "RECSYS_DATA_DIR"
 
 
 def default_data_dir() -> Path:
-    """``$RECSYS_DATA_DIR`` if set, else this package's folder (its artifact subfolders are git-ignored)."""
-    return Path(os.environ.get(DATA_DIR_ENV) or PACKAGE_DIR)
+    """``$RECSYS_DATA_DIR`` if set, else ``data/`` at the repository root (git-ignored, apart from the code)."""
+    return Path(os.environ.get(DATA_DIR_ENV) or REPO_DATA_DIR)
 
 
 @dataclass(frozen=True)

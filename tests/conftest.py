@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -27,3 +28,27 @@ def triton_venv() -> TritonVenv:
         return ensure_triton_venv(run_setup=True)
     except ServerError as exc:
         pytest.fail(f"Triton venv unavailable: {exc}", pytrace=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A ``live`` test needs an outside service: without ``RECSYS_TEST_ES_URL`` it fails, never skips."""
+    if os.environ.get("RECSYS_TEST_ES_URL"):
+        return
+    for item in items:
+        if item.get_closest_marker("live"):
+            item.add_marker(pytest.mark.usefixtures("_require_live_es"))
+
+
+@pytest.fixture
+def _require_live_es() -> None:
+    pytest.fail("this live test needs an Elasticsearch cluster: set RECSYS_TEST_ES_URL", pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Say loudly which tiers this run did not select, so a green run never hides them."""
+    deselected = terminalreporter.stats.get("deselected", [])
+    live = [item for item in deselected if item.get_closest_marker("live")]
+    if live:
+        terminalreporter.write_sep(
+            "!", f"NOT RUN: {len(live)} live test(s) (Elasticsearch): set RECSYS_TEST_ES_URL to a cluster to run them"
+        )

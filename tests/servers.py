@@ -9,7 +9,7 @@ Both bind 127.0.0.1 on free ports, run in their own process group, log to files 
 directory, wait until they answer (bounded, with the log tail in the error), and are context
 managers whose ``__exit__`` always stops them::
 
-    with RedisServer() as redis_srv, TritonServer("data_exchange_center/model_repository") as triton:
+    with RedisServer() as redis_srv, TritonServer("data/model_repository") as triton:
         use(redis_srv.url, triton.grpc_url)
 
 ``stop()`` sends SIGTERM to the server's own PID and waits (SIGKILL after a timeout); ``kill()``

@@ -22,10 +22,7 @@ from offline_to_online.recall.s2_item_to_es import item_to_es
 from tests.fixtures_artifacts import write_tiny_artifacts
 
 ES_URL = os.environ.get("RECSYS_TEST_ES_URL", "")
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not ES_URL, reason="no Elasticsearch here: set RECSYS_TEST_ES_URL to run the live tests"),
-]
+pytestmark = pytest.mark.live
 
 
 @pytest.fixture

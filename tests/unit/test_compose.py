@@ -27,7 +27,7 @@ pytestmark = pytest.mark.unit
 REPO_DIR = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = REPO_DIR / "docker-compose.yml"
 ENV_EXAMPLE_PATH = REPO_DIR / ".env.example"
-DATA_DIR = REPO_DIR / "data_exchange_center"
+DATA_DIR = REPO_DIR / "data"
 
 # A stand-in used only to render the file; the real password lives in .env, never in the repository.
 RENDER_PASSWORD = "render-only-not-a-secret"
@@ -333,7 +333,7 @@ def test_online_service_reaches_the_backends_by_service_name(services: dict[str,
     assert mount_at(services["recsys"], str(ca_certs.parent))["read_only"] is True
 
 
-def test_online_service_reads_the_data_exchange_center_read_only(services: dict[str, dict[str, Any]]) -> None:
+def test_online_service_reads_the_data_folder_read_only(services: dict[str, dict[str, Any]]) -> None:
     recsys = services["recsys"]
     data_dir = dict(environment_items(recsys))["RECSYS_DATA_DIR"]
     data_mount = mount_at(recsys, data_dir)
