@@ -9,8 +9,11 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tqdm import tqdm
 
@@ -26,6 +29,14 @@ log = logging.getLogger(__name__)
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/{name}.zip"
 RAW_DIR_ENV = "RECSYS_RAW_DIR"
 SYNTHETIC = "synthetic"
+
+# Opens a URL for reading: a file-like response with ``read(n)`` and ``headers`` (``urllib.request.urlopen``).
+UrlOpener = Callable[[str], AbstractContextManager[IO[bytes]]]
+
+
+def open_url(url: str) -> AbstractContextManager[IO[bytes]]:
+    """The default opener: ``urllib.request.urlopen`` with a 30 s timeout."""
+    return urllib.request.urlopen(url, timeout=30)  # noqa: S310 -- GroupLens https URLs only
 
 
 @dataclass(frozen=True)
@@ -58,8 +69,9 @@ def fetch_dataset(
     raw_dir: Path | None = None,
     synthetic: SyntheticConfig | None = None,
     fallback_to_synthetic: bool = False,
+    opener: UrlOpener = open_url,
 ) -> RatingsDataset:
-    """Read (or download, or generate) dataset ``name`` and write the normalized tables of ``paths``."""
+    """Read (or download with ``opener``, or generate) dataset ``name`` and write the normalized tables of ``paths``."""
     if name not in DATASET_NAMES:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     raw_dir = resolve_raw_dir(raw_dir)
@@ -72,7 +84,7 @@ def fetch_dataset(
         layout, source_note = DATASETS[name].layout, f"local copy {raw_dir}"
     else:
         try:
-            raw_dir = download_dataset(DATASETS[name], paths.data_dir / "raw")
+            raw_dir = download_dataset(DATASETS[name], paths.data_dir / "raw", opener)
             layout, source_note = DATASETS[name].layout, f"downloaded from {GROUPLENS_URL.format(name=name)}"
         except DataError as exc:
             if not fallback_to_synthetic:
@@ -106,7 +118,7 @@ def write_dataset(dataset: RatingsDataset, paths: ArtifactPaths, name: str, sour
     log.info("wrote %s, %s, %s (%s)", paths.ratings_path, paths.items_path, paths.users_path, source_note)
 
 
-def download_dataset(source: DatasetSource, raw_root: Path) -> Path:
+def download_dataset(source: DatasetSource, raw_root: Path, opener: UrlOpener = open_url) -> Path:
     """Download and unpack ``source`` under ``raw_root`` once; the zip's MD5 must match."""
     target = raw_root / source.name
     marker = target / ".verified"
@@ -116,8 +128,8 @@ def download_dataset(source: DatasetSource, raw_root: Path) -> Path:
     zip_path = raw_root / f"{source.name}.zip"
     raw_root.mkdir(parents=True, exist_ok=True)
     try:
-        expected = source.md5 or _read_url(url + ".md5").split()[0]
-        _download(url, zip_path)
+        expected = source.md5 or _read_url(opener, url + ".md5").split()[0]
+        _download(opener, url, zip_path)
     except (urllib.error.URLError, OSError) as exc:
         raise DataError(
             f"cannot download {url} ({exc}); without network pass --raw-dir (or RECSYS_RAW_DIR) "
@@ -138,15 +150,16 @@ def download_dataset(source: DatasetSource, raw_root: Path) -> Path:
     return target
 
 
-def _read_url(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=30) as response:
+def _read_url(opener: UrlOpener, url: str) -> str:
+    with opener(url) as response:
         return response.read().decode()
 
 
-def _download(url: str, path: Path) -> None:
+def _download(opener: UrlOpener, url: str, path: Path) -> None:
     tmp = path.with_suffix(".part")
-    with urllib.request.urlopen(url, timeout=30) as response, tmp.open("wb") as out:
-        total = int(response.headers.get("Content-Length") or 0)
+    with opener(url) as response, tmp.open("wb") as out:
+        headers = getattr(response, "headers", None)
+        total = int(headers.get("Content-Length") or 0) if headers is not None else 0
         with tqdm(total=total, unit="B", unit_scale=True, desc=path.name) as bar:
             while chunk := response.read(1 << 20):
                 out.write(chunk)

@@ -26,8 +26,8 @@ from online.backends.local_index import LocalItemIndex
 from online.backends.onnx_scorer import OnnxScorer
 from online.main.s1_server import create_app, service_of
 from tests.fixtures_artifacts import TinyArtifacts
+from tests.online_support import expected_list, publish_tiny
 from tests.servers import RedisServer, TritonServer, TritonVenv, free_port, tail
-from tests.unit.test_online_support import expected_list, publish_tiny
 
 pytestmark = pytest.mark.integration
 RESILIENCE = {"breaker_failures": 2, "breaker_reset_s": 0.3, "backend_timeout_ms": 200, "log_level": "WARNING"}
@@ -184,6 +184,7 @@ def test_feast_feature_server_rows_equal_the_sdk_and_survive_its_death(
     deadline = time.monotonic() + 30
     while not store.items.loaded and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert store.items.loaded, "the item features were not loaded from feast serve within 30 s"
     sdk = load_feature_tables(tiny.paths.feature_repo_dir, tiny.paths.feature_spec_path)
     snapshot = store.current()
     for userid in tiny.userids.tolist():  # every user row over HTTP == the SDK's, encoded

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -11,7 +17,7 @@ from data_exchange_center import schema as S
 from data_exchange_center.paths import ArtifactPaths
 from offline.common.stage import DataError
 from offline.preprocess.datasets import LAYOUT_100K, LAYOUT_CSV, LAYOUT_DAT, read_dataset
-from offline.preprocess.fetch import fetch_dataset
+from offline.preprocess.fetch import GROUPLENS_URL, fetch_dataset
 from offline.preprocess.synthetic import SyntheticConfig, generate_synthetic
 
 pytestmark = pytest.mark.unit
@@ -96,17 +102,61 @@ def test_synthetic_dataset_is_reproducible_and_structured(tmp_path: Path) -> Non
     assert (a.ratings.groupby(S.USER_ID)[S.TIMESTAMP].diff().dropna() > 0).all()
 
 
+def no_network(url: str) -> Any:
+    raise OSError("network unreachable")
+
+
+def serving(files: dict[str, bytes]) -> Callable[[str], Any]:
+    """An opener (the fetch stage's own ``UrlOpener`` interface) that serves ``files`` by URL."""
+
+    def opener(url: str) -> Any:
+        if url not in files:
+            raise OSError(f"404 {url}")
+        return contextlib.closing(io.BytesIO(files[url]))
+
+    return opener
+
+
+def zipped_latest_small() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("ml-latest-small/ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,100\n1,20,2.5,101\n")
+        archive.writestr(
+            "ml-latest-small/movies.csv", "movieId,title,genres\n10,Heat (1995),Action|Crime\n20,B (1990),Comedy\n"
+        )
+    return buffer.getvalue()
+
+
 def test_fetch_falls_back_to_synthetic_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import urllib.request
-
-    def no_network(*args: object, **kwargs: object) -> None:
-        raise OSError("network unreachable")
-
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.delenv("RECSYS_RAW_DIR", raising=False)
     paths = ArtifactPaths(tmp_path)
     with pytest.raises(DataError, match="cannot download .* --raw-dir"):
-        fetch_dataset("ml-1m", paths)
+        fetch_dataset("ml-1m", paths, opener=no_network)
     small = SyntheticConfig(n_users=50, n_items=40, n_ratings=1500)
-    fetch_dataset("ml-1m", paths, synthetic=small, fallback_to_synthetic=True)
+    fetch_dataset("ml-1m", paths, synthetic=small, fallback_to_synthetic=True, opener=no_network)
     assert len(pd.read_parquet(paths.ratings_path)) > 1000
+
+
+def test_a_download_is_verified_unpacked_and_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RECSYS_RAW_DIR", raising=False)
+    archive = zipped_latest_small()
+    url = GROUPLENS_URL.format(name="ml-latest-small")
+    opener = serving({url: archive, url + ".md5": f"{hashlib.md5(archive).hexdigest()}  ml-latest-small.zip".encode()})
+    dataset = fetch_dataset("ml-latest-small", ArtifactPaths(tmp_path), opener=opener)
+    assert (
+        dataset.ratings[S.ITEM_ID].tolist() == [10, 20]
+        and (tmp_path / "raw" / "ml-latest-small" / ".verified").exists()
+    )
+    # verified once: a second fetch reads the unpacked copy without the network
+    assert len(fetch_dataset("ml-latest-small", ArtifactPaths(tmp_path), opener=no_network).ratings) == 2
+
+
+def test_a_download_with_a_wrong_checksum_is_refused_and_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RECSYS_RAW_DIR", raising=False)
+    url = GROUPLENS_URL.format(name="ml-latest-small")
+    opener = serving({url: zipped_latest_small(), url + ".md5": b"0" * 32})
+    with pytest.raises(DataError, match="checksum mismatch"):
+        fetch_dataset("ml-latest-small", ArtifactPaths(tmp_path), opener=opener)
+    assert not (tmp_path / "raw" / "ml-latest-small.zip").exists()

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = REPO_DIR / "docker-compose.yml"

@@ -1,4 +1,4 @@
-"""Tiny published artifact sets for the online service's tests (embedded profile), and checks of them.
+"""Tiny published artifact sets for the online service's tests (embedded profile).
 
 ``publish_tiny(data_dir)`` writes the tiny artifacts (``tests/fixtures_artifacts.py``) plus a chain
 configuration, and runs the offline_to_online stages on the embedded profile: user store, item
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from data_exchange_center import chain
 from data_exchange_center import schema as S
@@ -26,7 +25,6 @@ from data_exchange_center.paths import ArtifactPaths
 from tests.fixtures_artifacts import TinyArtifacts, write_tiny_artifacts
 
 CHAIN_CONFIG = {"max_triggers": 5, "like_weight": 1.0, "prior_weight": 0.01}
-pytestmark = pytest.mark.unit
 QUOTAS = {"i2i": 200, "vector": 100, "term": 50, "popularity": 50}
 
 
@@ -100,13 +98,3 @@ def expected_list(paths: ArtifactPaths, userid: int, size: int) -> tuple[np.ndar
     like = session.run(["score"], {"sparse_ids": sparse, "dense": dense})[0][:, 0]
     policy = chain.RankingPolicy.from_dict(CHAIN_CONFIG)
     return chain.rank_and_cut(candidates, chain.final_scores(candidates, like, policy), size)
-
-
-def test_the_expected_list_leaves_out_seen_items_and_is_sorted(tmp_path: Path) -> None:
-    tiny = write_tiny_artifacts(tmp_path)
-    write_json(CHAIN_CONFIG, tiny.paths.chain_config_path)
-    userid = int(tiny.userids[3])
-    items, scores = expected_list(tiny.paths, userid, 10)
-    assert len(items) == 10 and len(set(items.tolist())) == 10
-    assert not np.isin(items, user_state(tiny.paths, userid).seen).any()
-    assert (np.diff(scores) <= 0).all()

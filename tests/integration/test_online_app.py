@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 from flask import Flask
 
+from data_exchange_center.artifacts import write_json
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import load_settings
 from online.backends.base import ReadyStatus
 from online.main.s1_server import create_app, service_of
-from tests.fixtures_artifacts import TinyArtifacts
-from tests.unit.test_online_support import (
+from tests.fixtures_artifacts import TinyArtifacts, write_tiny_artifacts
+from tests.online_support import (
+    CHAIN_CONFIG,
     copy_published,
     expected_list,
     live_versions,
@@ -28,7 +30,7 @@ from tests.unit.test_online_support import (
     user_state,
 )
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -309,3 +311,13 @@ def wait_for_versions(app: Flask, userid: int, done: Any, timeout_s: float = 30)
             return versions
         time.sleep(0.05)
     pytest.fail(f"no switch within {timeout_s} s: {json.dumps(versions)}")
+
+
+def test_the_expected_list_leaves_out_seen_items_and_is_sorted(tmp_path: Path) -> None:
+    tiny = write_tiny_artifacts(tmp_path)
+    write_json(CHAIN_CONFIG, tiny.paths.chain_config_path)
+    userid = int(tiny.userids[3])
+    items, scores = expected_list(tiny.paths, userid, 10)
+    assert len(items) == 10 and len(set(items.tolist())) == 10
+    assert not np.isin(items, user_state(tiny.paths, userid).seen).any()
+    assert (np.diff(scores) <= 0).all()
