@@ -7,7 +7,7 @@
 The stages run in this process (their imports are warmed first, so times are publish work, not
 interpreter start-up) on a scratch data directory whose artifact folders are symbolic links to the
 given one: the real published state is never touched. The embedded profile runs first; then the compose
-profile against a Redis server that this script starts (tests/servers.py) unless --redis-url names one:
+profile against a Redis server that this script starts (scripts/native_servers.py) unless --redis-url names one:
 users to Redis, features to Feast on that Redis, and with --triton the offline == online check over
 gRPC against a real tritonserver serving the Python-backend repository. Elasticsearch needs --es-url
 (credentials from RECSYS_ES_*). Results are printed and written to <data-dir>/benchmarks/publish.json.
@@ -80,7 +80,7 @@ def redis_url_for(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from tests.servers import RedisServer
+    from scripts.native_servers import RedisServer
 
     with RedisServer(appendonly=False) as server:
         yield server.url
@@ -95,7 +95,7 @@ def bench_compose(rows: list[Row], settings: Settings, args: argparse.Namespace)
         es = load_settings({"data_dir": settings.data_dir, "profile": "compose", "es_url": args.es_url})
         timed(rows, "compose", "s2_item_to_es", f"Elasticsearch {args.es_url}", lambda: item_to_es(es, progress=False))
     if args.triton:
-        from tests.servers import TritonServer, ensure_triton_venv
+        from scripts.native_servers import TritonServer, ensure_triton_venv
 
         venv = ensure_triton_venv(run_setup=True)
         with TritonServer(python_model_repository_dir(settings.paths), venv=venv.root) as server:

@@ -14,7 +14,7 @@
 #   triton_backends/python/                      the Python backend + the 3.11 stub (--backend-directory triton_backends)
 #   .recsys-triton-ready                         marker holding the pinned versions; present => nothing to do
 #
-# tests/servers.py (TritonServer) starts the server from this venv.
+# scripts/native_servers.py (TritonServer) starts the server from this venv.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,4 +1,4 @@
-"""Shared fixtures. Real servers come from tests/servers.py (no Docker)."""
+"""Shared fixtures. Real servers come from scripts/native_servers.py (no Docker)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import RedisServer, ServerError, TritonVenv, ensure_triton_venv
+from scripts.native_servers import RedisServer, ServerError, TritonVenv, ensure_triton_venv
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,8 @@ from data_exchange_center.settings import load_settings
 from offline_to_online.recall import s1_user_to_redis
 from offline_to_online.recall.redis_users import compare_records, publish_users_to_redis, read_live_user
 from offline_to_online.recall.user_source import load_user_source
+from scripts.native_servers import REPO_ROOT, RedisServer, free_port
 from tests.fixtures_artifacts import TinyConfig, write_tiny_artifacts
-from tests.servers import REPO_ROOT, RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from offline_to_online.common import PublishVerificationError
 from offline_to_online.rank import s3_check_offline_and_online
 from offline_to_online.rank.s2_model_to_triton import model_to_triton
 from offline_to_online.rank.score_check import load_check_rows, triton_scorer
+from scripts.native_servers import TritonServer, TritonVenv, free_port
 from tests.fixtures_artifacts import write_tiny_artifacts
-from tests.servers import TritonServer, TritonVenv, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -25,9 +25,9 @@ from online.backends.feast_http import FeastHttpFeatureStore
 from online.backends.local_index import LocalItemIndex
 from online.backends.onnx_scorer import OnnxScorer
 from online.main.s1_server import create_app, service_of
+from scripts.native_servers import RedisServer, TritonServer, TritonVenv, free_port, tail
 from tests.fixtures_artifacts import TinyArtifacts
 from tests.online_support import expected_list, publish_tiny
-from tests.servers import RedisServer, TritonServer, TritonVenv, free_port, tail
 
 pytestmark = pytest.mark.integration
 RESILIENCE = {"breaker_failures": 2, "breaker_reset_s": 0.3, "backend_timeout_ms": 200, "log_level": "WARNING"}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.servers import RedisServer, ServerError, TritonServer, TritonVenv, redis_ping
+from scripts.native_servers import RedisServer, ServerError, TritonServer, TritonVenv, redis_ping
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from offline_to_online.recall.embedded_users import load_version, publish_users_
 from offline_to_online.recall.item_source import load_item_source
 from offline_to_online.recall.redis_users import compare_records
 from offline_to_online.recall.user_source import load_user_source
+from scripts.native_servers import free_port
 from tests.fixtures_artifacts import write_tiny_artifacts
-from tests.servers import free_port
 
 pytestmark = pytest.mark.unit
 
