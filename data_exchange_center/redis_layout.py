@@ -210,3 +210,48 @@ def encode_meta(n_users: int, vector_dim: int, created_at: str, state: bytes) ->
         META_CREATED_AT: created_at.encode(),
         META_STATE: state,
     }
+
+
+# --- the event log (POST /ml/events) ----------------------------------------------------------------
+# Keys (written in ONLINE_STORE_FORMAT.md, "Redis: the event log")::
+#
+#     {ns}:events:seq                 string  the last sequence number given to an event (INCR)
+#     {ns}:events:u:{userid}          stream  one user's events, entry id "{seq}-0", store order
+#     {ns}:events:log                 stream  every event, entry id "{seq}-0" (the export for offline)
+#     {ns}:events:id:{event_id}       string  the event's seq; SET NX EX event_id_ttl_s (idempotency)
+EVENTS = "events"
+EVENT_FIELD_ID = b"event_id"
+EVENT_FIELD_USER = b"userid"
+EVENT_FIELD_ITEM = b"itemid"
+EVENT_FIELD_RATING = b"rating"
+EVENT_FIELD_TYPE = b"type"  # empty for an explicit rating
+EVENT_FIELD_TS = b"ts"
+
+
+def events_prefix(namespace: str) -> str:
+    return f"{_check_namespace(namespace)}:{EVENTS}:"
+
+
+def event_seq_key(namespace: str) -> bytes:
+    return (events_prefix(namespace) + "seq").encode()
+
+
+def event_user_stream_key(namespace: str, userid: int) -> bytes:
+    return (events_prefix(namespace) + "u:" + str(int(userid))).encode()
+
+
+def event_log_stream_key(namespace: str) -> bytes:
+    return (events_prefix(namespace) + "log").encode()
+
+
+def event_id_key(namespace: str, event_id: str) -> bytes:
+    return (events_prefix(namespace) + "id:" + event_id).encode()
+
+
+def event_entry_id(seq: int) -> bytes:
+    """The stream entry id of the event with sequence number ``seq`` (the same in both streams)."""
+    return f"{int(seq)}-0".encode()
+
+
+def event_seq_of(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])

@@ -60,10 +60,27 @@ class Settings(BaseModel):
     vector_quota: int = Field(100, ge=0, description="candidates from the vector (kNN) channel")
     term_quota: int = Field(50, ge=0, description="candidates from the genre-term channel")
     popularity_quota: int = Field(50, ge=0, description="candidates from the popularity fallback")
+    # live feedback (POST /ml/events)
+    event_store: Literal["auto", "sqlite", "redis"] = Field(
+        "auto", description="event log: sqlite (embedded), redis (compose) or auto (by profile)"
+    )
+    events_path: Path | None = Field(None, description="SQLite event log (default data_dir/events/events.sqlite3)")
+    events_redis_url: str | None = Field(None, description="Redis for the event log (default: redis_url)")
+    event_id_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long Redis remembers an event_id (dedup)")
+    max_events_per_request: int = Field(1000, ge=1, le=10000, description="events in one POST /ml/events")
+    events_read_limit: int = Field(500, ge=0, description="a user's most recent events applied to a request")
+    experiment_variants: str = Field(
+        "", description="experiments: 'name:weight[:key=value...],...' (e.g. 'a:1,b:1:like_weight=0'); '' = none"
+    )
+    experiment_salt: str = Field("recsys", description="salt of the user-id hash that assigns variants")
 
     @property
     def paths(self) -> ArtifactPaths:
         return ArtifactPaths(self.data_dir)
+
+    @property
+    def event_log_path(self) -> Path:
+        return self.events_path or self.data_dir / "events" / "events.sqlite3"
 
 
 def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
