@@ -27,7 +27,7 @@ from online.backends.base import BackendError
 from online.backends.event_log import EventLog, build_event_log
 from online.backends.redis_events import RedisEventLog
 from online.backends.sqlite_events import SqliteEventLog
-from tests.servers import REPO_ROOT, RedisServer
+from scripts.native_servers import REPO_ROOT, RedisServer
 
 pytestmark = pytest.mark.integration
 
