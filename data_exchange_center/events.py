@@ -18,8 +18,12 @@ streaming evaluation applies the same function, so served and evaluated lists ag
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -111,3 +115,57 @@ def events_frame(events: Sequence[StoredEvent]) -> pd.DataFrame:
         },
         columns=list(EVENT_COLUMNS),
     )
+
+
+# --- the event log as a table (the export the offline fetch stage reads) ------------------------------
+SQLITE_TABLE = "events"
+SQLITE_COLUMNS = ("seq", "event_id", "userid", "itemid", "rating", "type", "ts")  # the embedded log's columns
+REDIS_EXPORT_BATCH = 10_000
+
+
+def read_event_log(source: str, default_namespace: str = "recsys") -> pd.DataFrame:
+    """Every stored event in store order as a table with ``EVENT_COLUMNS``.
+
+    ``source`` is a Parquet or CSV export (``events_frame``), the embedded log's SQLite file, or the
+    compose log's Redis URL (``redis://host:port/db``, the namespace after ``#``, default ``recsys``).
+    """
+    if source.startswith(("redis://", "rediss://", "unix://")):
+        url, _, namespace = source.partition("#")
+        return _read_redis_log(url, namespace or default_namespace)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"event log {path} does not exist")
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    elif path.suffix == ".csv":
+        frame = pd.read_csv(path)
+    else:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            rows = connection.execute(
+                f"SELECT {', '.join(SQLITE_COLUMNS)} FROM {SQLITE_TABLE} ORDER BY seq"  # noqa: S608 -- constants
+            ).fetchall()
+        frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
+    missing = [c for c in EVENT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"event log {source} lacks the columns {missing} (expected {list(EVENT_COLUMNS)})")
+    return frame[list(EVENT_COLUMNS)].sort_values(EVENT_SEQ, kind="stable").reset_index(drop=True)
+
+
+def _read_redis_log(url: str, namespace: str) -> pd.DataFrame:
+    import redis
+
+    from data_exchange_center import redis_layout as R
+
+    client = redis.Redis.from_url(url)
+    key, rows, since = R.event_log_stream_key(namespace), [], 0
+    while True:
+        entries = cast(list[Any], client.xrange(key, b"(" + R.event_entry_id(since), "+", count=REDIS_EXPORT_BATCH))
+        if not entries:
+            break
+        for entry_id, fields in entries:
+            text = {k.decode(): v.decode() for k, v in fields.items()}
+            since = R.event_seq_of(entry_id)
+            rows.append((since, text["event_id"], int(text["userid"]), int(text["itemid"]), float(text["rating"]),
+                         text["type"] or None, int(text["ts"])))  # fmt: skip
+    client.close()
+    return pd.DataFrame(rows, columns=list(EVENT_COLUMNS))

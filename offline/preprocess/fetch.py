@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import write_metadata, write_parquet
+from data_exchange_center.events import EVENT_SEQ
 from data_exchange_center.paths import ArtifactPaths
 from offline.common.stage import DataError
 from offline.preprocess.datasets import LAYOUT_100K, LAYOUT_CSV, LAYOUT_DAT, RatingsDataset, read_dataset
@@ -70,8 +73,10 @@ def fetch_dataset(
     synthetic: SyntheticConfig | None = None,
     fallback_to_synthetic: bool = False,
     opener: UrlOpener = open_url,
+    events: pd.DataFrame | None = None,
 ) -> RatingsDataset:
-    """Read (or download with ``opener``, or generate) dataset ``name`` and write the normalized tables of ``paths``."""
+    """Read (or download with ``opener``, or generate) dataset ``name`` and write the normalized tables of
+    ``paths``; with ``events`` (the event log as a table), those are added as ratings (``add_events``)."""
     if name not in DATASET_NAMES:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     raw_dir = resolve_raw_dir(raw_dir)
@@ -94,8 +99,47 @@ def fetch_dataset(
             raw_dir = generate_synthetic(config, paths.data_dir / "raw" / SYNTHETIC)
             name, layout, source_note = SYNTHETIC, LAYOUT_DAT, f"fallback: generated {config}"
     dataset = read_dataset(raw_dir, layout)
+    if events is not None:
+        dataset, taken = add_events(dataset, events)
+        source_note += f"; {taken} live events from the event log"
     write_dataset(dataset, paths, name, source_note)
     return dataset
+
+
+def add_events(dataset: RatingsDataset, events: pd.DataFrame) -> tuple[RatingsDataset, int]:
+    """The dataset with the event log (``data_exchange_center.events.EVENT_COLUMNS``, store order) appended
+    as ratings after the dataset's own, so each event is its user's latest impression.
+
+    An event whose item is not in the catalogue is dropped (the service refuses those, so only an old log
+    has them); when a user rated an item again, the latest rating stays. A new user gets a users row
+    without demographics (missing values, which the feature encoding maps to "unknown")."""
+    known_item = events[S.ITEM_ID].isin(dataset.items[S.ITEM_ID])
+    if not known_item.all():
+        log.warning("dropped %d events of items not in the catalogue", int((~known_item).sum()))
+    taken = events[known_item].sort_values(EVENT_SEQ, kind="stable")
+    if taken.empty:
+        return dataset, 0
+    new_ratings = pd.DataFrame(
+        {
+            S.USER_ID: taken[S.USER_ID].to_numpy(np.int64),
+            S.ITEM_ID: taken[S.ITEM_ID].to_numpy(np.int64),
+            S.RATING: taken[S.RATING].to_numpy(np.float32),
+            S.TIMESTAMP: taken[S.TIMESTAMP].to_numpy(np.int64),
+        }
+    )
+    ratings = pd.concat([dataset.ratings, new_ratings], ignore_index=True)
+    ratings = ratings[~ratings.duplicated([S.USER_ID, S.ITEM_ID], keep="last")].reset_index(drop=True)
+    ratings = ratings.astype(dataset.ratings.dtypes.to_dict())
+    new_users = np.setdiff1d(new_ratings[S.USER_ID].unique(), dataset.users[S.USER_ID].to_numpy())
+    users = dataset.users
+    if len(new_users):
+        extra = pd.DataFrame({S.USER_ID: new_users.astype(np.int64)})
+        users = pd.concat([users, extra], ignore_index=True)
+        for column, dtype in dataset.users.dtypes.items():
+            if column != S.USER_ID and pd.api.types.is_integer_dtype(dtype):
+                users[column] = users[column].astype("Int64")  # missing demographics of the new users
+        log.info("%d new users from the event log (no demographics)", len(new_users))
+    return RatingsDataset(ratings, dataset.items, users), len(taken)
 
 
 def write_dataset(dataset: RatingsDataset, paths: ArtifactPaths, name: str, source_note: str) -> None:

@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from data_exchange_center.events import Event, StoredEvent
+from data_exchange_center.events import SQLITE_COLUMNS, Event, StoredEvent
 from data_exchange_center.settings import Settings
 from online.backends.base import BackendError, ReadyStatus
 from online.backends.event_log import AppendResult
@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_user ON events (userid, seq);
 """
-COLUMNS = "seq, event_id, userid, itemid, rating, type, ts"
+COLUMNS = ", ".join(SQLITE_COLUMNS)
 
 
 def _stored(row: tuple[int, str, int, int, float, str | None, int]) -> StoredEvent:
