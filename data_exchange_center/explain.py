@@ -1,0 +1,157 @@
+"""Why an item was recommended, computed from the same data and formulas as its score.
+
+For each recommended item, ``explain_items`` returns the channel that proposed it
+(``chain.merge_candidates``'s first channel) and the evidence behind the score:
+
+- ``triggers``: the user's items whose item-to-item neighbours reached it, with each one's share of
+  the item-to-item score (``chain.i2i_scores`` split by trigger: the shares add up to that score);
+- ``matched_genres``: the user's recall terms that the item carries (the term channel's match);
+- ``similarity``: the vector channel's inner product of the user and item vectors;
+- ``popularity_rank``: its place in the popularity channel;
+- ``score_parts``: the terms of ``chain.final_scores`` (``(watch + prior_weight * channel_prior) *
+  like ** like_weight``), whose product is the served score.
+
+These are pure functions over numpy arrays, like ``chain``; the online service calls them with the
+request's own profile, candidates, channel results and scores, and the offline evaluation may too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from data_exchange_center import chain
+from data_exchange_center.item_catalog import ItemCatalog
+
+MAX_TRIGGERS_SHOWN = 3
+
+
+def i2i_triggers(user: chain.UserState, max_triggers: int) -> tuple[np.ndarray, np.ndarray]:
+    """The triggers ``chain.recall_channels`` uses: the last ``max_triggers`` seen items and their weights."""
+    if max_triggers <= 0 or not len(user.seen):
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return user.seen[-max_triggers:], chain.trigger_weights(user.seen_labels[-max_triggers:])
+
+
+def trigger_contributions(
+    neighbor_items: np.ndarray, neighbor_weights: np.ndarray, trigger_weights: np.ndarray, items: np.ndarray
+) -> np.ndarray:
+    """(n_items, n_triggers) float32: each trigger's part of each item's item-to-item score.
+
+    ``neighbor_items``/``neighbor_weights`` are the triggers' (n_triggers, n_neighbors) rows (-1 padded),
+    as ``chain.i2i_scores`` takes them; a row of the result sums to that item's ``i2i_scores`` value.
+    """
+    if not len(trigger_weights) or not len(items):
+        return np.zeros((len(items), len(trigger_weights)), np.float32)
+    match = neighbor_items[None, :, :] == np.asarray(items, np.int64)[:, None, None]  # (items, triggers, nbrs)
+    per_trigger = np.where(match, neighbor_weights[None, :, :] * trigger_weights[None, :, None], 0.0).sum(axis=2)
+    return per_trigger.astype(np.float32)  # (n_items, n_triggers)
+
+
+def score_parts(
+    candidates: chain.Candidates, like_probs: np.ndarray, policy: chain.RankingPolicy
+) -> dict[str, np.ndarray]:
+    """Per candidate, the terms of ``chain.final_scores``: watch, channel_prior, like and final, (n,) each."""
+    best = float(candidates.i2i_score.max()) if len(candidates.items) else 0.0
+    watch = np.clip(candidates.i2i_score, 0.0, None) / best if best > 0 else np.zeros(len(candidates.items))
+    prior = 1.0 / (1.0 + candidates.rank_in_channel)
+    like = np.clip(np.asarray(like_probs, dtype=np.float64).reshape(-1), 1e-6, 1.0)
+    final = ((watch + policy.prior_weight * prior) * like**policy.like_weight).astype(np.float32)
+    return {"watch": np.asarray(watch, np.float64), "channel_prior": prior, "like": like, "final": final}
+
+
+def _channel_score(results: dict[str, tuple[np.ndarray, np.ndarray]], channel: str, item: int) -> float | None:
+    items, scores = results.get(channel, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
+    hit = np.flatnonzero(np.asarray(items) == item)
+    return float(scores[hit[0]]) if len(hit) else None
+
+
+def explain_items(
+    items: np.ndarray,
+    user: chain.UserState,
+    candidates: chain.Candidates,
+    channel_results: dict[str, tuple[np.ndarray, np.ndarray]],
+    parts: dict[str, np.ndarray],
+    contributions: np.ndarray,
+    triggers: tuple[np.ndarray, np.ndarray],
+    catalog: ItemCatalog,
+    policy: chain.RankingPolicy,
+) -> list[dict[str, Any]]:
+    """One reason per item of ``items`` (the served list, a subset of ``candidates.items``).
+
+    ``contributions`` is ``trigger_contributions(...)`` for ``items`` (n_items, n_triggers) and
+    ``triggers`` the (items, weights) pair it was computed for.
+    """
+    row_of = {int(item): row for row, item in enumerate(candidates.items.tolist())}
+    user_terms = set(user.terms)
+    trigger_items, trigger_weights = triggers
+    reasons = []
+    for i, item in enumerate(np.asarray(items, np.int64).tolist()):
+        row = row_of[item]
+        channel = str(candidates.channel[row])
+        evidence: dict[str, Any] = {}
+        shares = contributions[i] if len(contributions) else np.zeros(0, np.float32)
+        top = [t for t in np.argsort(-shares, kind="stable")[:MAX_TRIGGERS_SHOWN] if shares[t] > 0]
+        if top:
+            described = catalog.describe(trigger_items[top], ("title",))
+            evidence["triggers"] = [
+                {
+                    "itemid": int(trigger_items[t]),
+                    "title": d["title"],
+                    "liked": bool(trigger_weights[t] >= chain.TRIGGER_WEIGHT_LIKED),
+                    "contribution": round(float(shares[t]), 6),
+                }
+                for t, d in zip(top, described, strict=True)
+            ]
+        matched = sorted(user_terms.intersection(catalog.genres_of(item)))
+        if matched:
+            evidence["matched_genres"] = matched
+        similarity = _channel_score(channel_results, "vector", item)
+        if similarity is not None:
+            evidence["similarity"] = round(similarity, 6)
+        if channel == "popularity":
+            evidence["popularity_rank"] = int(candidates.rank_in_channel[row]) + 1
+        reasons.append(
+            {
+                "channel": channel,
+                "rank_in_channel": int(candidates.rank_in_channel[row]) + 1,
+                "evidence": evidence,
+                "score_parts": _parts_of(parts, row, policy),
+                "summary": summarize(channel, evidence),
+            }
+        )
+    return reasons
+
+
+def _parts_of(parts: dict[str, np.ndarray], row: int, policy: chain.RankingPolicy) -> dict[str, float]:
+    return {
+        "watch": round(float(parts["watch"][row]), 6),
+        "channel_prior": round(float(parts["channel_prior"][row]), 6),
+        "prior_weight": policy.prior_weight,
+        "like": round(float(parts["like"][row]), 6),
+        "like_weight": policy.like_weight,
+        "final": round(float(parts["final"][row]), 6),
+    }
+
+
+def summarize(channel: str, evidence: dict[str, Any]) -> str:
+    """One sentence a reader can follow: the proposing channel's evidence first."""
+    titles = [t["title"] or f"item {t['itemid']}" for t in evidence.get("triggers", [])]
+    because = "because you rated " + _join(titles) if titles else ""
+    by_channel = {
+        "i2i": because,
+        "term": "matches your genres " + _join(evidence.get("matched_genres", [])),
+        "vector": f"close to your taste (similarity {evidence.get('similarity', 0.0):.2f})",
+        "popularity": f"popular (#{evidence.get('popularity_rank', '?')})",
+    }
+    first = by_channel.get(channel) or channel
+    extra = because if because and channel != "i2i" else ""
+    text = f"{first}; also {extra}" if extra else first
+    return text[:1].upper() + text[1:]
+
+
+def _join(words: list[str]) -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
