@@ -24,6 +24,7 @@ from data_exchange_center.settings import load_settings
 from data_exchange_center.topk_metrics import topk_metrics
 from offline.common.stage import run_stage, stage_parser
 from offline.evaluate.chain_eval import chain_quotas, run_chain
+from offline.evaluate.examples import append_example_users
 from offline.evaluate.holdout import MERGED_RECALL_K, TOPK, Holdout
 from offline.evaluate.report import plot_curves, plot_topk, render_report
 from offline.evaluate.validation import select_like_weight
@@ -66,6 +67,7 @@ def topk_report(paths: ArtifactPaths) -> dict[str, Any]:
     topk["policy"] = {"like_weight": like_weight, "selected_on": "validation (test-split positives)"}
     metrics = update_metrics(paths.metrics_path, {"topk": topk})
     write_report(paths, metrics, sensitivity, validation)
+    append_example_users(paths, holdout.user_ids, holdout.relevant, run.ranked)
     return topk
 
 
