@@ -21,6 +21,7 @@ import pandas as pd
 
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import ArtifactError, read_parquet, write_parquet
+from data_exchange_center.paths import ArtifactPaths
 
 CATALOG_FILE = "catalog.parquet"
 YEAR = "year"
@@ -55,6 +56,13 @@ def build_catalog(items: pd.DataFrame, popularity: pd.DataFrame | None = None) -
     catalog[POPULARITY] = score.to_numpy(np.float32)
     catalog = catalog.drop_duplicates(S.ITEM_ID).sort_values(S.ITEM_ID, kind="stable").reset_index(drop=True)
     return catalog
+
+
+def catalog_from_artifacts(paths: ArtifactPaths) -> pd.DataFrame:
+    """The catalog of the current offline run: ``dataset/items.parquet`` and ``recall/popularity.parquet``."""
+    items = read_parquet(paths.items_path, (S.ITEM_ID, S.TITLE, S.GENRES))
+    popularity = read_parquet(paths.popularity_path, (S.ITEM_ID, S.SCORE)) if paths.popularity_path.exists() else None
+    return build_catalog(items, popularity)
 
 
 def write_catalog(catalog: pd.DataFrame, version_dir: Path) -> Path:
