@@ -21,6 +21,13 @@ from data_exchange_center.paths import ArtifactPaths, default_data_dir
 ENV_PREFIX = "RECSYS_"
 CONFIG_ENV = "RECSYS_CONFIG"
 Profile = Literal["embedded", "compose"]
+ROLES = ("profiles", "index", "features", "scorer")  # the online service's backend roles
+# The backend of each role on each profile; a role's own setting (``RECSYS_INDEX_BACKEND=local``, ...) wins.
+# "local" is in-process over the published artifacts; the others are servers.
+PRESETS: dict[str, dict[str, str]] = {
+    "embedded": {"profiles": "local", "index": "local", "features": "local", "scorer": "local"},
+    "compose": {"profiles": "redis", "index": "elasticsearch", "features": "feast-server", "scorer": "triton"},
+}
 
 
 class SettingsError(Exception):
@@ -48,11 +55,24 @@ class Settings(BaseModel):
     es_index_alias: str = Field("recsys_items", description="alias that points at the live item index")
     feast_url: str = Field("http://127.0.0.1:6566", description="Feast feature server (compose profile)")
     triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address (compose profile)")
+    # per-role backends (None: the profile's preset, see PRESETS)
+    profiles_backend: Literal["local", "redis"] | None = Field(None, description="user profile store")
+    index_backend: Literal["local", "elasticsearch"] | None = Field(None, description="item index")
+    features_backend: Literal["local", "feast-redis", "feast-server"] | None = Field(
+        None, description="feature store: local (Feast SDK, SQLite), feast-redis (Feast's Redis store), feast-server"
+    )
+    scorer_backend: Literal["local", "triton"] | None = Field(None, description="scorer: local (ONNX Runtime), triton")
+    ready_strict: bool = Field(False, description="/ready demands every primary backend (not only a fallback)")
     # request budget and resilience
     request_timeout_ms: int = Field(200, ge=10, description="time budget of one recommendation request")
     backend_timeout_ms: int = Field(50, ge=1, description="time budget of one backend call")
     breaker_failures: int = Field(5, ge=1, description="consecutive failures that open a circuit breaker")
     breaker_reset_s: float = Field(5.0, gt=0, description="seconds before an open breaker lets one call through")
+    max_in_flight: int = Field(
+        4, ge=0, description="recommendations one worker process serves at once; beyond, 503 at once (0: no limit)"
+    )
+    rate_limit_rps: float = Field(0.0, ge=0, description="per-client requests per second (token bucket; 0: off)")
+    rate_limit_burst: int = Field(20, ge=1, description="per-client burst of the rate limit")
     # the chain
     default_size: int = Field(50, ge=1, le=200, description="items returned when a request gives no size")
     max_size: int = Field(200, ge=1, le=1000, description="largest size a request may ask for")
@@ -81,6 +101,11 @@ class Settings(BaseModel):
     @property
     def event_log_path(self) -> Path:
         return self.events_path or self.data_dir / "events" / "events.sqlite3"
+
+    def backend_of(self, role: str) -> str:
+        """The backend serving ``role`` (one of ``ROLES``): its own setting, else the profile's preset."""
+        chosen = getattr(self, f"{role}_backend")
+        return str(chosen) if chosen is not None else PRESETS[self.profile][role]
 
 
 def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:

@@ -1,7 +1,7 @@
 """One small interface per backend role, and the errors an adapter may raise.
 
 A request reads one immutable snapshot per role (``current()``), so everything it uses comes from one
-published version, and a version switch (a new snapshot swapped in by ``online.service.versions``)
+published version, and a version switch (a new snapshot swapped in by ``online.backends.versions``)
 never changes data under a running request.
 
 - ``ProfileStore``: a user's recall state (terms, vector, seen items) or ``None`` for an unknown user.
@@ -14,11 +14,14 @@ never changes data under a running request.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from data_exchange_center.chain import DEFAULT_MAX_TRIGGERS, ItemIndexLike, RankingPolicy, UserState
+from online.backends.versions import NotLoaded, Refreshing
+
+__all__ = ["NotLoaded", "Refreshing"]  # with the interfaces below
 
 Encoded = tuple[np.ndarray, np.ndarray]  # sparse int64 (n, k), dense float32 (n, m)
 
@@ -29,10 +32,6 @@ class BackendError(Exception):
     def __init__(self, backend: str, message: str) -> None:
         self.backend = backend
         super().__init__(f"{backend}: {message}")
-
-
-class NotLoaded(Exception):
-    """A role has no snapshot yet (artifacts not published, or still loading)."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +70,17 @@ class Lifecycle(Protocol):
     name: str  # the role's backend name in /ready, metrics and logs
 
     def maybe_refresh(self) -> None:
-        """A cheap version check at most every few seconds; a new version loads in the background."""
+        """A cheap version check at most every few seconds; a new version loads in the background.
 
-    def status(self) -> ReadyStatus: ...
+        The service calls it from its own background thread, never on a request's clock."""
+
+    def snapshots(self) -> list[Refreshing[Any]]:
+        """The versioned snapshots this backend holds in process (empty when the server holds them)."""
+        ...
+
+    def status(self) -> ReadyStatus:
+        """Can this backend answer now? (A bounded check: it may talk to the server.)"""
+        ...
 
     def close(self) -> None: ...
 
@@ -85,7 +92,13 @@ class ProfileStore(Lifecycle, Protocol):
 
 
 class ItemIndexProvider(Lifecycle, Protocol):
-    def current(self) -> IndexSnapshot: ...
+    def current(self) -> IndexSnapshot:
+        """The live version's index (``NotLoaded`` before the first load)."""
+        ...
+
+    def bind(self, snapshot: IndexSnapshot, timeout_s: float) -> ItemIndexLike:
+        """``snapshot``'s index with every call bounded by ``timeout_s`` (a remote index's budget)."""
+        ...
 
 
 class FeatureSnapshot(Protocol):
@@ -93,6 +106,10 @@ class FeatureSnapshot(Protocol):
 
     def item_rows(self, items: np.ndarray) -> Encoded:
         """Encoded features of ``items`` (n,) from the per-version cache; unknown items get defaults."""
+        ...
+
+    def unknown_user_row(self) -> Encoded:
+        """The encoded row of a user without features (1 row)."""
         ...
 
 
@@ -103,8 +120,8 @@ class FeatureStore(Lifecycle, Protocol):
         """The user's encoded features (1 row); defaults for an unknown user."""
         ...
 
-    def cached_user_row(self, snapshot: FeatureSnapshot, userid: int) -> Encoded:
-        """The fallback when ``user_row`` failed: the user's last fetched row, else defaults (no I/O)."""
+    def cached_user_row(self, snapshot: FeatureSnapshot, userid: int) -> Encoded | None:
+        """The user's row without I/O when ``user_row`` failed (the last one fetched), else None."""
         ...
 
 

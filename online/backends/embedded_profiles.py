@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,7 @@ from data_exchange_center.artifacts import ArtifactError, read_npz
 from data_exchange_center.chain import UserState
 from data_exchange_center.settings import Settings
 from online.backends.base import ReadyStatus
-from online.service.versions import Refreshing
+from online.backends.versions import Refreshing
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,9 @@ class EmbeddedProfileStore:
 
     def maybe_refresh(self) -> None:
         self.table.maybe_refresh()
+
+    def snapshots(self) -> list[Refreshing[Any]]:
+        return [self.table]
 
     def status(self) -> ReadyStatus:
         loaded = self.table.loaded

@@ -17,12 +17,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from data_exchange_center import es_layout as E
+from data_exchange_center.chain import ItemIndexLike
 from data_exchange_center.es_layout import es_client_options
 from data_exchange_center.item_index import Ranked
 from data_exchange_center.settings import Settings
 from online.backends.base import ChainParams, IndexSnapshot, ReadyStatus
 from online.backends.local_index import chain_quotas, load_chain_params
-from online.service.versions import Refreshing
+from online.backends.versions import Refreshing
 
 
 class EsApi(Protocol):
@@ -133,8 +134,15 @@ class EsItemIndex:
     def current(self) -> IndexSnapshot:
         return self.snapshot.get()
 
+    def bind(self, snapshot: IndexSnapshot, timeout_s: float) -> ItemIndexLike:
+        index = snapshot.index
+        return index.bound(timeout_s) if isinstance(index, EsIndex) else index
+
     def maybe_refresh(self) -> None:
         self.snapshot.maybe_refresh()
+
+    def snapshots(self) -> list[Refreshing[Any]]:
+        return [self.snapshot]
 
     def status(self) -> ReadyStatus:
         try:

@@ -35,7 +35,7 @@ from data_exchange_center.feature_spec import FeatureSpec, Source
 from data_exchange_center.settings import Settings
 from online.backends.base import Encoded, ReadyStatus
 from online.backends.feature_tables import EncodedTable
-from online.service.versions import Refreshing
+from online.backends.versions import Refreshing
 
 log = logging.getLogger("recsys.online.features")
 REGISTRY_FILE = Path("data") / "registry.db"
@@ -56,6 +56,9 @@ class FeatureTables:
     def user_row(self, userid: int) -> Encoded:
         row = self.users.row(userid)
         return self.users.default if row is None else row
+
+    def unknown_user_row(self) -> Encoded:
+        return self.users.default
 
 
 def version_time(version: str) -> datetime:
@@ -140,11 +143,14 @@ class EmbeddedFeatureStore:
     def user_row(self, snapshot: Any, userid: int, timeout_s: float) -> Encoded:
         return snapshot.user_row(userid)
 
-    def cached_user_row(self, snapshot: Any, userid: int) -> Encoded:
+    def cached_user_row(self, snapshot: Any, userid: int) -> Encoded | None:
         return snapshot.user_row(userid)
 
     def maybe_refresh(self) -> None:
         self.tables.maybe_refresh()
+
+    def snapshots(self) -> list[Refreshing[Any]]:
+        return [self.tables]
 
     def status(self) -> ReadyStatus:
         loaded = self.tables.loaded

@@ -23,7 +23,7 @@ from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.settings import Settings
 from online.backends.base import Encoded, ReadyStatus
 from online.backends.feature_tables import EncodedTable, RowEncoder
-from online.service.versions import Refreshing
+from online.backends.versions import Refreshing
 
 USER_CACHE_SIZE = 100_000
 LOAD_TIMEOUT_S = 30.0
@@ -35,9 +35,13 @@ class ItemFeatures:
 
     version: str
     items: EncodedTable
+    unknown_user: Encoded
 
     def item_rows(self, items: np.ndarray) -> Encoded:
         return self.items.rows(items)
+
+    def unknown_user_row(self) -> Encoded:
+        return self.unknown_user
 
 
 def columns_of(reply: dict[str, Any]) -> dict[str, list[Any]]:
@@ -87,7 +91,8 @@ class FeastHttpFeatureStore:
     def _load_items(self, version: str) -> ItemFeatures:
         reply = self._post(L.ITEM_FEATURE_SERVICE, S.ITEM_ID, self.item_ids, LOAD_TIMEOUT_S)
         frame = pd.DataFrame(columns_of(reply))
-        return ItemFeatures(version, EncodedTable.from_frame(self.spec, "item", frame, S.ITEM_ID))
+        items = EncodedTable.from_frame(self.spec, "item", frame, S.ITEM_ID)
+        return ItemFeatures(version, items, self.user_encoder.encode({}))
 
     def current(self) -> ItemFeatures:
         return self.items.get()
@@ -103,13 +108,15 @@ class FeastHttpFeatureStore:
                 self._users.popitem(last=False)
         return row
 
-    def cached_user_row(self, snapshot: Any, userid: int) -> Encoded:
+    def cached_user_row(self, snapshot: Any, userid: int) -> Encoded | None:
         with self._users_lock:
-            row = self._users.get(userid)
-        return row if row is not None else self.user_encoder.encode({})
+            return self._users.get(userid)
 
     def maybe_refresh(self) -> None:
         self.items.maybe_refresh()
+
+    def snapshots(self) -> list[Refreshing[Any]]:
+        return [self.items]
 
     def status(self) -> ReadyStatus:
         try:

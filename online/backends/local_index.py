@@ -9,15 +9,16 @@ are loaded with it, so one item version always runs with the parameters it was e
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from data_exchange_center import online_layout as L
 from data_exchange_center.artifacts import read_json
-from data_exchange_center.chain import DEFAULT_MAX_TRIGGERS, RankingPolicy
+from data_exchange_center.chain import DEFAULT_MAX_TRIGGERS, ItemIndexLike, RankingPolicy
 from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import Settings
 from online.backends.base import ChainParams, IndexSnapshot, ReadyStatus
-from online.service.versions import Refreshing
+from online.backends.versions import Refreshing
 
 log = logging.getLogger("recsys.online.index")
 
@@ -74,8 +75,14 @@ class LocalItemIndex:
     def current(self) -> IndexSnapshot:
         return self.snapshot.get()
 
+    def bind(self, snapshot: IndexSnapshot, timeout_s: float) -> ItemIndexLike:
+        return snapshot.index  # in process: nothing to bound
+
     def maybe_refresh(self) -> None:
         self.snapshot.maybe_refresh()
+
+    def snapshots(self) -> list[Refreshing[Any]]:
+        return [self.snapshot]
 
     def status(self) -> ReadyStatus:
         loaded = self.snapshot.loaded

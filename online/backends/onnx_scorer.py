@@ -19,7 +19,7 @@ from data_exchange_center.artifacts import ArtifactError
 from data_exchange_center.online_layout import latest_model_path, model_versions
 from data_exchange_center.settings import Settings
 from online.backends.base import ReadyStatus
-from online.service.versions import Refreshing
+from online.backends.versions import Refreshing
 
 UNPUBLISHED = "rank/model.onnx"  # version name of the training output when no repository version exists
 
@@ -94,6 +94,9 @@ class OnnxScorer:
 
     def maybe_refresh(self) -> None:
         self.model.maybe_refresh()
+
+    def snapshots(self) -> list[Refreshing[Any]]:
+        return [self.model]
 
     def status(self) -> ReadyStatus:
         loaded = self.model.loaded

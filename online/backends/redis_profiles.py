@@ -9,7 +9,7 @@ timeout; the client's connection pool is thread-safe and made once per worker pr
 from __future__ import annotations
 
 import time
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -17,6 +17,7 @@ from data_exchange_center import redis_layout as R
 from data_exchange_center.chain import UserState
 from data_exchange_center.settings import Settings
 from online.backends.base import BackendError, ReadyStatus
+from online.backends.versions import Refreshing
 
 POOL_SIZE = 64
 
@@ -68,6 +69,9 @@ class RedisProfileStore:
 
     def maybe_refresh(self) -> None:
         pass  # the pointer is re-read by requests at most every POINTER_CACHE_TTL_S
+
+    def snapshots(self) -> list[Refreshing[Any]]:
+        return []  # the versions live in Redis
 
     def status(self) -> ReadyStatus:
         try:

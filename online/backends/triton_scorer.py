@@ -17,6 +17,7 @@ import numpy as np
 from data_exchange_center import model_signature as sig
 from data_exchange_center.settings import Settings
 from online.backends.base import ReadyStatus
+from online.backends.versions import Refreshing
 
 
 class TritonScorer:
@@ -62,6 +63,9 @@ class TritonScorer:
 
     def maybe_refresh(self) -> None:
         pass  # Triton loads new versions itself; every reply names the version that answered
+
+    def snapshots(self) -> list[Refreshing[Any]]:
+        return []
 
     def status(self) -> ReadyStatus:
         try:

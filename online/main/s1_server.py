@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, *, backends: dict[str, Any] | N
     service = RecService(settings, backends)
     app.extensions[SERVICE_KEY] = service
     register_routes(app, service)
-    service.refresh()  # starts loading the published versions
+    service.start()  # background version checks: the published versions start loading
     log.info("service created", extra={"profile": settings.profile, "data_dir": str(settings.data_dir)})
     return app
 

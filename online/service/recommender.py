@@ -6,9 +6,13 @@ Each step reads one backend through its ``Guard`` (time budget and circuit break
 fails, the step uses its fallback and names the component in ``degraded``:
 
 - profile (user store down): the unknown-user state, i.e. popularity;
-- item_index (Elasticsearch down): the in-process index over the same artifacts;
-- features (feature server down): the user's last fetched features, else defaults;
+- item_index (Elasticsearch down or never reached): the in-process index over the published items;
+- features (feature store down): the user's last fetched row, else the in-process fallback's row,
+  else the defaults of an unknown user;
 - scorer (Triton down): ONNX Runtime in-process, else the recall order (``like`` = 1).
+
+A primary backend that has loaded nothing yet (unreachable since start-up) counts as failed, so its
+fallback answers from the first request.
 
 The pure steps (recall per channel, merge, final score, cut) are ``data_exchange_center.chain``'s,
 the same functions the offline evaluation runs, so the served list is the evaluated list.
@@ -28,9 +32,12 @@ from data_exchange_center.feature_spec import combine_features
 from online.backends.base import (
     BackendError,
     Encoded,
+    FeatureSnapshot,
     FeatureStore,
     IndexSnapshot,
     ItemIndexProvider,
+    Lifecycle,
+    NotLoaded,
     ProfileStore,
     Scorer,
 )
@@ -49,11 +56,18 @@ class Backends:
     features: FeatureStore
     scorer: Scorer
     index_fallback: ItemIndexProvider | None = None
+    features_fallback: FeatureStore | None = None
     scorer_fallback: Scorer | None = None
 
-    def all(self) -> list[Any]:
-        roles = [self.profiles, self.index, self.features, self.scorer, self.index_fallback, self.scorer_fallback]
+    def all(self) -> list[Lifecycle]:
+        roles = [self.profiles, self.index, self.features, self.scorer,
+                 self.index_fallback, self.features_fallback, self.scorer_fallback]  # fmt: skip
         return [r for r in roles if r is not None]
+
+    def fallbacks(self) -> dict[str, Lifecycle]:
+        """The in-process fallbacks by role name in ``/ready`` (``item_index``, ``features``, ``scorer``)."""
+        found = {"item_index": self.index_fallback, "features": self.features_fallback, "scorer": self.scorer_fallback}
+        return {role: backend for role, backend in found.items() if backend is not None}
 
 
 @dataclass
@@ -128,42 +142,54 @@ class Recommender:
     ) -> tuple[chain.Candidates, chain.RankingPolicy]:
         """Every channel's candidates (seen items excluded), merged and de-duplicated."""
         state = user if user is not None else chain.UserState.unknown()
-        snapshot = self.backends.index.current()
+        primary, fallback = self.backends.index, self.backends.index_fallback
         try:
+            snapshot = primary.current()
             results, i2i_all = self.guards["item_index"].call(
-                req.deadline, lambda t: self._recall(snapshot, state, req.size, t)
+                req.deadline, lambda t: self._recall(snapshot, primary.bind(snapshot, t), state, req.size)
             )
-        except BackendError:
-            if self.backends.index_fallback is None:
+        except (BackendError, NotLoaded):
+            if fallback is None:
                 raise
             req.degraded.append("item_index")
-            snapshot = self.backends.index_fallback.current()
-            results, i2i_all = self._recall(snapshot, state, req.size, None)
+            snapshot = fallback.current()
+            results, i2i_all = self._recall(snapshot, snapshot.index, state, req.size)
         req.versions["items"] = snapshot.version
         return chain.merge_candidates(results, *i2i_all), snapshot.params.policy
 
     @staticmethod
-    def _recall(snapshot: IndexSnapshot, user: chain.UserState, size: int, timeout_s: float | None) -> Any:
+    def _recall(snapshot: IndexSnapshot, index: chain.ItemIndexLike, user: chain.UserState, size: int) -> Any:
         quotas = dict(snapshot.params.quotas)
         quotas["popularity"] = max(quotas.get("popularity", 0), size)  # a cold user still gets `size` items
-        index = snapshot.index
-        bind = getattr(index, "bound", None)
-        if bind is not None and timeout_s is not None:
-            index = bind(timeout_s)
         return chain.recall_channels(index, user, quotas, snapshot.params.max_triggers)
 
     def fetch_features(self, req: _Request, items: np.ndarray) -> Encoded:
         """Model inputs: the user's row broadcast over the candidates' cached item rows."""
-        store = self.backends.features
-        snapshot = store.current()
-        item_part = snapshot.item_rows(items)
+        store, fallback = self.backends.features, self.backends.features_fallback
+        snapshot: FeatureSnapshot | None = None
         try:
-            user_part = self.guards["features"].call(req.deadline, lambda t: store.user_row(snapshot, req.userid, t))
-        except BackendError:
+            live = snapshot = store.current()
+            user_part = self.guards["features"].call(req.deadline, lambda t: store.user_row(live, req.userid, t))
+        except (BackendError, NotLoaded):
+            if snapshot is None and fallback is None:
+                raise
             req.degraded.append("features")
-            user_part = store.cached_user_row(snapshot, req.userid)
+            user_part, snapshot = self._fallback_user_row(snapshot, req.userid)
         req.versions["features"] = snapshot.version
-        return combine_features(user_part, item_part)
+        return combine_features(user_part, snapshot.item_rows(items))
+
+    def _fallback_user_row(self, snapshot: FeatureSnapshot | None, userid: int) -> tuple[Encoded, FeatureSnapshot]:
+        """The primary's cached row, else the fallback store's row (its items too when the primary has none)."""
+        store, fallback = self.backends.features, self.backends.features_fallback
+        row = store.cached_user_row(snapshot, userid) if snapshot is not None else None
+        if row is not None and snapshot is not None:
+            return row, snapshot
+        if fallback is None:
+            assert snapshot is not None  # else no fallback: the caller re-raised
+            return snapshot.unknown_user_row(), snapshot
+        fallback_snapshot = fallback.current()
+        row = fallback.user_row(fallback_snapshot, userid, 0.0)
+        return row, snapshot if snapshot is not None else fallback_snapshot
 
     def score(self, req: _Request, features: Encoded) -> np.ndarray:
         """The ranker's like probability per candidate; the recall order (all 1) when no model answers."""

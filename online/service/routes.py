@@ -61,7 +61,7 @@ def register_routes(app: Flask, service: RecService) -> None:
     @app.get("/ready")
     def ready() -> Response:
         is_ready, report = service.readiness()
-        return json_response({"ready": is_ready, "backends": report}, 200 if is_ready else 503)
+        return json_response({"ready": is_ready, **report}, 200 if is_ready else 503)
 
     @app.get("/metrics")
     def metrics() -> Response:

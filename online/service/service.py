@@ -1,22 +1,64 @@
-"""The service object behind the routes: backends, guards, metrics and the recommender of one app."""
+"""The service object behind the routes: backends, guards, metrics and the recommender of one app.
+
+Version checks run on background threads (one per backend, started in each worker process), never on
+a request's clock: a request only reads the snapshots that are already loaded.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from typing import Any
 
 from data_exchange_center.settings import Settings
-from online.backends.base import BackendError, NotLoaded, ReadyStatus
-from online.backends.registry import build_backends
+from online.backends.base import BackendError, Lifecycle, NotLoaded
+from online.backends.versions import Refreshing
 from online.service.errors import NotReady, Unavailable
 from online.service.metrics import Metrics
 from online.service.recommender import Backends, Recommendation, Recommender
+from online.service.registry import build_backends
 from online.service.resilience import CircuitBreaker, Deadline, Guard
-from online.service.versions import Refreshing
 
 log = logging.getLogger("recsys.online.service")
-GUARDED = ("profile", "item_index", "features", "scorer")
+GUARDED = ("profile", "item_index", "features", "scorer")  # the role names of responses, /ready and metrics
+# roles with a built-in answer when their server fails: the unknown user (popularity), the recall order
+LAST_RESORT = {"profile": "profiles", "scorer": "scorer"}
+REFRESH_TICK_S = 0.1  # how often a backend's refresh thread asks it for its (rate-limited) version check
+
+
+class BackgroundRefresh:
+    """One daemon thread per backend calling ``maybe_refresh()``, started once per process (fork-safe)."""
+
+    def __init__(self, backends: list[Lifecycle], tick_s: float = REFRESH_TICK_S) -> None:
+        self.backends = backends
+        self.tick_s = tick_s
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def ensure_running(self) -> None:
+        """Cheap on every request: after a fork (gunicorn --preload) the child starts its own threads."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            for backend in self.backends:
+                threading.Thread(target=self._run, args=(backend,), name=f"refresh-{backend.name}", daemon=True).start()
+
+    def _run(self, backend: Lifecycle) -> None:
+        while not self._stop.is_set():
+            try:
+                backend.maybe_refresh()
+            except Exception:  # a version check must never stop the thread
+                log.exception("version check of %s failed", backend.name)
+            self._stop.wait(self.tick_s)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class RecService:
@@ -26,19 +68,18 @@ class RecService:
         self.backends: Backends = build_backends(settings, backend_overrides)
         self.guards = {name: self._guard(name) for name in GUARDED}
         self.recommender = Recommender(self.backends, self.guards, self.metrics)
-        for refreshing in self._refreshings():
+        for refreshing in self.snapshots():
             refreshing.on_switch = self._on_switch
+        self.background = BackgroundRefresh(self.backends.all())
 
     def _guard(self, name: str) -> Guard:
         s = self.settings
         breaker = CircuitBreaker(name, s.breaker_failures, s.breaker_reset_s)
         return Guard(breaker, s.backend_timeout_ms / 1000, lambda b: self.metrics.backend_errors.labels(b).inc())
 
-    def _refreshings(self) -> list[Refreshing[Any]]:
-        found = []
-        for backend in self.backends.all():
-            found += [v for v in vars(backend).values() if isinstance(v, Refreshing)]
-        return found
+    def snapshots(self) -> list[Refreshing[Any]]:
+        """Every versioned snapshot the backends hold in this process."""
+        return [refreshing for backend in self.backends.all() for refreshing in backend.snapshots()]
 
     def _on_switch(self, component: str, previous: str | None, version: str) -> None:
         if previous is not None:
@@ -46,14 +87,13 @@ class RecService:
         log.info("version switch", extra={"component": component, "previous": previous, "version": version})
 
     # -- requests ---------------------------------------------------------------------------------------
-    def refresh(self) -> None:
-        """The cheap, rate-limited version checks of every backend (a load runs in the background)."""
-        for backend in self.backends.all():
-            backend.maybe_refresh()
+    def start(self) -> None:
+        """Start the background version checks of this process (idempotent)."""
+        self.background.ensure_running()
 
-    def recommend(self, userid: int, size: int) -> Recommendation:
-        self.refresh()
-        deadline = Deadline(self.settings.request_timeout_ms / 1000)
+    def recommend(self, userid: int, size: int, deadline: Deadline | None = None) -> Recommendation:
+        deadline = deadline or Deadline(self.settings.request_timeout_ms / 1000)
+        self.background.ensure_running()
         try:
             return self.recommender.recommend(userid, size, deadline)
         except NotLoaded as exc:
@@ -63,10 +103,10 @@ class RecService:
 
     def wait_until_loaded(self, timeout_s: float = 120.0) -> None:
         """Block until every snapshot is loaded (tests, tools); ``NotReady`` with the reasons on time-out."""
+        self.start()
         deadline = time.monotonic() + timeout_s
         while True:
-            self.refresh()
-            pending = [r for r in self._refreshings() if not r.loaded]
+            pending = [r for r in self.snapshots() if not r.loaded]
             if not pending:
                 return
             if time.monotonic() > deadline:
@@ -76,25 +116,37 @@ class RecService:
 
     # -- health ---------------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Per role: ready, backend, version; the service is ready when every role can answer."""
-        self.refresh()
+        """Per role: its backend's status, breaker and fallback; which roles are degraded.
+
+        A role can answer when its primary is ready, or (degraded) when its fallback is ready; a
+        server-backed profile store or scorer always can (popularity; the recall order). Ready means
+        every role can answer; with ``ready_strict``, every primary must be ready."""
+        self.start()
         b = self.backends
-        roles: dict[str, ReadyStatus] = {
-            "profile": b.profiles.status(),
-            "item_index": b.index.status(),
-            "features": b.features.status(),
-            "scorer": b.scorer.status(),
-        }
-        if b.index_fallback is not None:
-            roles["item_index_fallback"] = b.index_fallback.status()
-        if b.scorer_fallback is not None:
-            roles["scorer_fallback"] = b.scorer_fallback.status()
-        report: dict[str, Any] = {name: status.to_dict() for name, status in roles.items()}
-        for name, guard in self.guards.items():
-            report[name]["breaker"] = guard.breaker.state
-        ready = all(status.ready for status in roles.values())
-        return ready, report
+        primaries: dict[str, Lifecycle] = {"profile": b.profiles, "item_index": b.index,
+                                           "features": b.features, "scorer": b.scorer}  # fmt: skip
+        fallbacks = b.fallbacks()
+        report: dict[str, Any] = {}
+        degraded: list[str] = []
+        unavailable: list[str] = []
+        for role, backend in primaries.items():
+            status = backend.status()
+            entry = status.to_dict()
+            entry["breaker"] = self.guards[role].breaker.state
+            direct = status.ready and entry["breaker"] != "open"
+            can_fall_back = role in LAST_RESORT and self.settings.backend_of(LAST_RESORT[role]) != "local"
+            if role in fallbacks:
+                fallback_status = fallbacks[role].status()
+                entry["fallback"] = fallback_status.to_dict()
+                can_fall_back = can_fall_back or fallback_status.ready
+            report[role] = entry
+            if not direct:
+                (degraded if can_fall_back else unavailable).append(role)
+        strict = self.settings.ready_strict
+        ready = not unavailable and not (strict and degraded)
+        return ready, {"backends": report, "degraded": degraded, "unavailable": unavailable, "strict": strict}
 
     def close(self) -> None:
+        self.background.stop()
         for backend in self.backends.all():
             backend.close()

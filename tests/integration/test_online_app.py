@@ -16,7 +16,7 @@ from flask import Flask
 from data_exchange_center.artifacts import write_json
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import load_settings
-from online.backends.base import ReadyStatus
+from online.backends.base import NotLoaded, ReadyStatus
 from online.main.s1_server import create_app, service_of
 from tests.fixtures_artifacts import TinyArtifacts, write_tiny_artifacts
 from tests.online_support import (
@@ -236,6 +236,9 @@ class FailingScorer:
     def maybe_refresh(self) -> None:
         pass
 
+    def snapshots(self) -> list[Any]:
+        return []
+
     def status(self) -> ReadyStatus:
         return ReadyStatus(False, self.name, None, "down")
 
@@ -263,6 +266,55 @@ def test_a_failing_scorer_falls_back_to_the_recall_order_and_the_breaker_opens(t
     assert ready["backends"]["scorer"]["breaker"] == "open"
 
 
+class UnreachableIndex(FailingScorer):
+    """An ``ItemIndexProvider`` whose server was never reached: nothing loaded."""
+
+    def current(self) -> Any:
+        raise NotLoaded("item_index: version check failed: connection refused")
+
+
+def test_an_index_unreachable_since_start_up_is_served_by_its_fallback_from_the_first_request(
+    tiny: TinyArtifacts,
+) -> None:
+    app = make_app(tiny.paths.data_dir, {"index": UnreachableIndex()}, index_backend="elasticsearch")
+    userid = int(tiny.userids[5])
+    body = rec(app, {"userid": userid, "size": 10}).get_json()
+    assert body["degraded"] == ["item_index"]
+    assert [e["itemid"] for e in body["item_list"]] == expected_list(tiny.paths, userid, 10)[0].tolist()
+    ready = app.test_client().get("/ready")
+    assert ready.status_code == 200 and ready.get_json()["degraded"] == ["item_index"]
+    assert ready.get_json()["backends"]["item_index"]["fallback"]["ready"] is True
+
+
+def test_strict_readiness_demands_every_primary(tiny: TinyArtifacts) -> None:
+    app = make_app(tiny.paths.data_dir, {"index": UnreachableIndex()}, index_backend="elasticsearch",
+                   ready_strict=True)  # fmt: skip
+    ready = app.test_client().get("/ready")
+    assert ready.status_code == 503 and ready.get_json()["degraded"] == ["item_index"]
+    assert rec(app, {"userid": int(tiny.userids[5])}).status_code == 200  # requests are still served
+
+
+def test_a_local_role_without_a_snapshot_is_unavailable(tiny: TinyArtifacts) -> None:
+    app = make_app(tiny.paths.data_dir, {"index": UnreachableIndex()})  # local index: no fallback
+    ready = app.test_client().get("/ready")
+    assert ready.status_code == 503 and ready.get_json()["unavailable"] == ["item_index"]
+    assert rec(app, {"userid": int(tiny.userids[5])}).status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("overrides", "want"),
+    [
+        ({}, {"profiles": "local", "index": "local", "features": "local", "scorer": "local"}),
+        ({"profile": "compose"}, {"profiles": "redis", "index": "elasticsearch", "scorer": "triton"}),
+        ({"profile": "compose", "index_backend": "local"}, {"index": "local", "profiles": "redis"}),
+        ({"scorer_backend": "triton"}, {"scorer": "triton", "index": "local"}),
+    ],
+)
+def test_each_role_is_set_on_its_own_over_the_profile_preset(overrides: dict[str, str], want: dict[str, str]) -> None:
+    settings = load_settings(overrides, environ={})
+    assert {role: settings.backend_of(role) for role in want} == want
+
+
 def test_a_failing_profile_store_serves_popularity(tiny: TinyArtifacts) -> None:
     app = make_app(tiny.paths.data_dir, {"profiles": FailingProfiles()})
     body = rec(app, {"userid": int(tiny.userids[6]), "size": 5}).get_json()
@@ -274,7 +326,7 @@ def test_a_new_version_is_served_without_restart_or_failed_requests(tiny: TinyAr
     data_dir = copy_published(tiny.paths.data_dir, tmp_path / "data")
     app = make_app(data_dir)
     service = service_of(app)
-    for refreshing in service._refreshings():
+    for refreshing in service.snapshots():
         refreshing.check_interval_s = 0.1
     old = rec(app, {"userid": int(tiny.userids[3])}).get_json()["versions"]
     statuses: list[int] = []

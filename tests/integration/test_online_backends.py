@@ -88,7 +88,11 @@ def test_redis_profiles_survive_a_killed_redis(tiny: TinyArtifacts) -> None:
             body = recommend(app, userid)
             assert body["degraded"] == ["profile"] and len(body["item_list"]) == 10
             assert time.perf_counter() - started < 1.0
-        assert app.test_client().get("/ready").status_code == 503
+        ready = app.test_client().get("/ready")  # popularity answers: ready, the role degraded
+        assert ready.status_code == 200 and ready.get_json()["degraded"] == ["profile"]
+        strict = compose_app(settings.model_copy(update={"ready_strict": True}), index=LocalItemIndex(settings),
+                             features=EmbeddedFeatureStore(settings), scorer=OnnxScorer(settings))  # fmt: skip
+        assert strict.test_client().get("/ready").status_code == 503
 
         server.start()
         recovered = wait_for(app, userid, lambda b: b["degraded"] == [])
@@ -131,7 +135,9 @@ def test_triton_scorer_falls_back_to_onnx_when_triton_dies(tiny: TinyArtifacts, 
             body = recommend(app, userid)
             assert body["degraded"] == ["scorer"] and body["versions"]["model"] == "ml_rec/1"  # ONNX fallback
             assert items_of(body) == want_items.tolist()
-        assert app.test_client().get("/ready").get_json()["backends"]["scorer"]["ready"] is False
+        ready = app.test_client().get("/ready")
+        assert ready.status_code == 200 and ready.get_json()["backends"]["scorer"]["ready"] is False
+        assert ready.get_json()["degraded"] == ["scorer"]
 
         server.start()
         recovered = wait_for(app, userid, lambda b: b["degraded"] == [], 30)

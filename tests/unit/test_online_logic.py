@@ -20,10 +20,10 @@ from online.backends.base import BackendError, NotLoaded
 from online.backends.embedded_profiles import load_user_table
 from online.backends.es_index import EsIndex
 from online.backends.feature_tables import EncodedTable, RowEncoder, default_row
+from online.backends.versions import Refreshing
 from online.service.observability import JsonFormatter, request_id_from
 from online.service.resilience import CircuitBreaker, Deadline, Guard
 from online.service.validation import parse_rec_request
-from online.service.versions import Refreshing
 from tests.fixtures_artifacts import TinyArtifacts, write_tiny_artifacts
 
 pytestmark = pytest.mark.unit

@@ -1,10 +1,11 @@
 """Hot version switch: a cheap check at most every few seconds, a background load, an atomic swap.
 
-``Refreshing`` holds one immutable snapshot. Request threads call ``maybe_refresh()``: at most every
-``check_interval_s`` one of them (the others do not wait) runs the cheap ``probe`` (read a pointer
-file, a Redis key, an alias...). When it names a version other than the one held, a background thread
-runs ``load(version)`` and then replaces the reference in one assignment, so a request sees either the
-old snapshot or the new one, never a mix, and no request waits for a load. A failed load keeps the old
+``Refreshing`` holds one immutable snapshot; requests only ever call ``get()``. The service's
+background thread calls ``maybe_refresh()``: at most every ``check_interval_s`` it runs the cheap
+``probe`` (read a pointer file, a Redis key, an alias...), never on a request's clock. When it names
+a version other than the one held, a loading thread runs ``load(version)`` and then replaces the
+reference in one assignment, so a request sees either the old snapshot or the new one, never a mix,
+and no request waits for a load. A failed load keeps the old
 snapshot and is retried at the next check. Loading threads belong to the process that started them:
 after a fork (gunicorn --preload) the child starts its own.
 """
@@ -18,11 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from online.backends.base import NotLoaded
-
 T = TypeVar("T")
 log = logging.getLogger("recsys.online.versions")
 CHECK_INTERVAL_S = 2.0
+
+
+class NotLoaded(Exception):
+    """A role has no snapshot yet (artifacts not published, or still loading)."""
 
 
 class Refreshing(Generic[T]):
