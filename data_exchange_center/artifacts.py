@@ -9,6 +9,7 @@ versions, time). Formats are Parquet, NumPy (``allow_pickle=False``) and JSON on
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -86,6 +87,15 @@ def read_npz(path: Path, required: tuple[str, ...] = ()) -> dict[str, np.ndarray
     if missing:
         raise ArtifactError(f"artifact {path} lacks arrays {missing}")
     return arrays
+
+
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

@@ -49,11 +49,13 @@ def refresh_settings() -> dict[str, Any]:
     return {"index": {"refresh_interval": "1s"}}
 
 
-def index_mapping(vector_dims: int) -> dict[str, Any]:
-    """The explicit mapping; ``dynamic: strict`` refuses any field not listed here."""
+def index_mapping(vector_dims: int, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The explicit mapping; ``dynamic: strict`` refuses any field not listed here. ``meta`` goes to the
+    mapping's ``_meta`` (the version id and the chain parameters the index is served with)."""
     if vector_dims < 1:
         raise ValueError(f"vector dims must be positive, got {vector_dims}")
     return {
+        "_meta": dict(meta or {}),
         "dynamic": "strict",
         "properties": {
             FIELD_ITEMID: {"type": "long"},
@@ -70,6 +72,15 @@ def index_mapping(vector_dims: int) -> dict[str, Any]:
             FIELD_NEIGHBOR_WEIGHTS: {"type": "float", "index": False},
         },
     }
+
+
+META_VERSION = "version"
+META_CHAIN = "chain"
+
+
+def index_meta(version: str, chain: dict[str, int | float]) -> dict[str, Any]:
+    """The ``_meta`` of a published index: everything the service needs besides the documents."""
+    return {META_VERSION: version, META_CHAIN: dict(chain)}
 
 
 def alias_switch_actions(alias: str, new_index: str, old_indexes: Iterable[str]) -> dict[str, Any]:

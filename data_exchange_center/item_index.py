@@ -14,6 +14,7 @@ import pandas as pd
 
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import read_npz, read_parquet
+from data_exchange_center.online_layout import ItemFiles
 from data_exchange_center.paths import ArtifactPaths
 
 Ranked = tuple[np.ndarray, np.ndarray]  # (items int64, scores float32), best first
@@ -46,22 +47,27 @@ class ItemIndex:
 
     @classmethod
     def load(cls, paths: ArtifactPaths, with_vectors: bool = True, with_neighbors: bool = True) -> ItemIndex:
-        """Load the index; the offline recall stages that run before the vector or neighbour artifacts
-        exist load it without them (their searches then return nothing)."""
-        terms = read_parquet(paths.item_terms_path, (S.ITEM_ID, S.TERMS))
+        """The index over the offline artifacts; the offline recall stages that run before the vector or
+        neighbour artifacts exist load it without them (their searches then return nothing)."""
+        return cls.from_files(ItemFiles.of_artifacts(paths), with_vectors, with_neighbors)
+
+    @classmethod
+    def from_files(cls, files: ItemFiles, with_vectors: bool = True, with_neighbors: bool = True) -> ItemIndex:
+        """The index over four item files: the offline artifacts, or the copies in a published version."""
+        terms = read_parquet(files.terms_path, (S.ITEM_ID, S.TERMS))
         item_ids = np.sort(terms[S.ITEM_ID].to_numpy(np.int64))
         terms = terms.set_index(S.ITEM_ID).loc[item_ids]
-        popularity = read_parquet(paths.popularity_path, (S.ITEM_ID, S.SCORE)).set_index(S.ITEM_ID)[S.SCORE]
+        popularity = read_parquet(files.popularity_path, (S.ITEM_ID, S.SCORE)).set_index(S.ITEM_ID)[S.SCORE]
         term_names = sorted({t for ts in terms[S.TERMS] for t in ts})
         exploded = terms[S.TERMS].explode().dropna()
         flags = np.zeros((len(item_ids), len(term_names)), dtype=bool)
         flags[np.searchsorted(item_ids, exploded.index.to_numpy()), pd.Index(term_names).get_indexer(exploded)] = True
         if with_vectors:
-            vectors = read_npz(paths.item_vectors_path, (S.VECTOR_IDS, S.VECTORS))
+            vectors = read_npz(files.vectors_path, (S.VECTOR_IDS, S.VECTORS))
         else:
             vectors = {S.VECTOR_IDS: np.zeros(0, np.int64), S.VECTORS: np.zeros((0, 1), np.float32)}
         if with_neighbors:
-            neighbors = read_parquet(paths.item_neighbors_path, (S.ITEM_ID, S.NEIGHBOR, S.WEIGHT))
+            neighbors = read_parquet(files.neighbors_path, (S.ITEM_ID, S.NEIGHBOR, S.WEIGHT))
         else:
             neighbors = pd.DataFrame({S.ITEM_ID: [], S.NEIGHBOR: [], S.WEIGHT: []})
         nbr_items, nbr_weights = neighbor_matrix(neighbors, item_ids)

@@ -11,20 +11,25 @@ Embedded stores (the default profile serves from these folders under ``paths.onl
     online/users/<version>/vectors.npz    ids int64 (n,), vectors float32 (n, dim)
     online/users/<version>/manifest.json  version, n_users, vector_dim, sources, created_at
     online/items/CURRENT                  text: the live version id
-    online/items/<version>/manifest.json  the item artifacts this version serves, with sha256 and sizes
+    online/items/<version>/               copies of the item artifacts (item_terms.parquet, item_vectors.npz,
+                                          popularity.parquet, item_neighbors.parquet), chain.json (the chain
+                                          parameters selected offline) and manifest.json (sha256 and size of each)
 
 A version folder appears by one rename of a complete temporary folder, and CURRENT is switched after
-it, so a reader that follows CURRENT always finds a complete version.
+it, so a reader that follows CURRENT always finds a complete version. A version holds everything the
+service reads for it: rerunning or deleting the offline artifacts changes nothing that is served until
+the next publish.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from data_exchange_center.artifacts import atomic_path
+from data_exchange_center.artifacts import ArtifactError, atomic_path, read_json, sha256_of
 from data_exchange_center.model_signature import MODEL_NAME
 from data_exchange_center.paths import ArtifactPaths
 
@@ -37,6 +42,11 @@ USERS_TABLE_FILE = "users.parquet"
 USERS_VECTORS_FILE = "vectors.npz"
 SEEN = "seen"
 SEEN_LABELS = "seen_labels"
+ITEM_TERMS_FILE = "item_terms.parquet"
+ITEM_VECTORS_FILE = "item_vectors.npz"
+POPULARITY_FILE = "popularity.parquet"
+ITEM_NEIGHBORS_FILE = "item_neighbors.parquet"
+CHAIN_FILE = "chain.json"  # max_triggers, like_weight, prior_weight: the chain parameters selected offline
 
 # --- Feast -------------------------------------------------------------------------------------------
 FEAST_PROJECT = "recsys"
@@ -48,6 +58,9 @@ USER_FEATURE_SERVICE = "user_features"
 ITEM_FEATURE_SERVICE = "item_features"
 EVENT_TIMESTAMP = "event_timestamp"
 DATA_VERSION_TAG = "data_version"
+
+FEATURE_SPEC_FILE = "feature_spec.json"
+FEATURE_VERSIONS_DIRNAME = "versions"
 
 # --- Triton ------------------------------------------------------------------------------------------
 PYTHON_MODEL_REPOSITORY_DIRNAME = "model_repository_python"
@@ -69,6 +82,71 @@ def users_store_dir(paths: ArtifactPaths) -> Path:
 
 def items_store_dir(paths: ArtifactPaths) -> Path:
     return paths.online_dir / "items"
+
+
+@dataclass(frozen=True)
+class ItemFiles:
+    """The four item files that the item index is built from (in the offline folders or in a version)."""
+
+    terms_path: Path
+    vectors_path: Path
+    popularity_path: Path
+    neighbors_path: Path
+
+    @classmethod
+    def of_artifacts(cls, paths: ArtifactPaths) -> ItemFiles:
+        """The offline stages' working files (what a publish copies)."""
+        return cls(paths.item_terms_path, paths.item_vectors_path, paths.popularity_path, paths.item_neighbors_path)
+
+    @classmethod
+    def in_version(cls, version_dir: Path) -> ItemFiles:
+        """The copies inside a published item version (what the service reads)."""
+        return cls(
+            version_dir / ITEM_TERMS_FILE,
+            version_dir / ITEM_VECTORS_FILE,
+            version_dir / POPULARITY_FILE,
+            version_dir / ITEM_NEIGHBORS_FILE,
+        )
+
+    def all(self) -> list[Path]:
+        return [self.terms_path, self.vectors_path, self.popularity_path, self.neighbors_path]
+
+
+CHAIN_KEYS = {"max_triggers": int, "like_weight": float, "prior_weight": float}
+
+
+def check_chain_parameters(raw: object, source: Path | str) -> dict[str, int | float]:
+    """The published chain parameters (``chain.json``): every key of ``CHAIN_KEYS``, finite, non-negative."""
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{source}: expected a JSON object of chain parameters")
+    missing = sorted(set(CHAIN_KEYS) - set(raw))
+    if missing:
+        raise ArtifactError(f"{source} lacks {missing}: publish the item version again")
+    checked: dict[str, int | float] = {}
+    for key, kind in CHAIN_KEYS.items():
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0 or value == float("inf"):
+            raise ArtifactError(f"{source}: {key} = {value!r} is not a finite non-negative number")
+        if kind is int and int(value) != value:
+            raise ArtifactError(f"{source}: {key} = {value!r} is not a whole number")
+        checked[key] = kind(value)
+    return checked
+
+
+def verify_version_files(version_dir: Path) -> dict[str, object]:
+    """The version's ``manifest.json``, after checking that every file it lists has its recorded size and
+    SHA-256 (``ArtifactError`` names the first that does not): a damaged version is never loaded."""
+    manifest = read_json(version_dir / MANIFEST_FILE)
+    for name, recorded in manifest.get("files", {}).items():
+        path = version_dir / name
+        if not path.exists() or path.stat().st_size != recorded["bytes"] or sha256_of(path) != recorded["sha256"]:
+            raise ArtifactError(f"{path} does not match {version_dir / MANIFEST_FILE}: publish again or roll back")
+    return dict(manifest)
+
+
+def read_chain_file(version_dir: Path) -> dict[str, int | float]:
+    """The chain parameters of a published item version."""
+    return check_chain_parameters(read_json(version_dir / CHAIN_FILE), version_dir / CHAIN_FILE)
 
 
 def read_current_version(store_dir: Path) -> str | None:
@@ -102,6 +180,27 @@ def list_versions(store_dir: Path) -> list[str]:
     if not store_dir.is_dir():
         return []
     return sorted(p.name for p in store_dir.iterdir() if p.is_dir() and is_version(p.name))
+
+
+# --- Feast feature repository ---------------------------------------------------------------------
+def feature_versions_dir(repo_dir: Path) -> Path:
+    """``feature_repo/versions/``: one snapshot folder per published feature version."""
+    return repo_dir / FEATURE_VERSIONS_DIRNAME
+
+
+def feature_version_dir(repo_dir: Path, version: str) -> Path:
+    """``feature_repo/versions/<version>/``: the spec and both feature tables of one published version."""
+    return feature_versions_dir(repo_dir) / version
+
+
+def feature_spec_of_version(repo_dir: Path, version: str) -> Path:
+    """The feature spec that a published feature version is encoded with."""
+    return feature_version_dir(repo_dir, version) / FEATURE_SPEC_FILE
+
+
+def live_feature_spec_path(repo_dir: Path) -> Path:
+    """``feature_repo/feature_spec.json``: the spec of the live feature version (replaced at each switch)."""
+    return repo_dir / FEATURE_SPEC_FILE
 
 
 # --- Triton model repositories ----------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 ``write_tiny_artifacts(data_dir)`` writes every file the offline stages hand over (preprocess, recall
 and rank artifacts, a feature specification, an ONNX ranker built with the ``onnx`` helper API, and
-reference scores computed with numpy) in their documented schemas. Ids are sparse and shifted
+reference scores computed with numpy, the chain configuration with the default parameters) in their
+documented schemas. Ids are sparse and shifted
 (users 1000, 1007, ...; items 5, 8, ...) so nothing can assume dense ids. One user has no vector,
 one has no seen items, and one test row's user is outside the spec's vocabulary (encoded 0).
 
@@ -19,7 +20,8 @@ import pandas as pd
 
 from data_exchange_center import model_signature as sig
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import write_npz, write_parquet
+from data_exchange_center.artifacts import write_json, write_npz, write_parquet
+from data_exchange_center.chain import DEFAULT_MAX_TRIGGERS, RankingPolicy
 from data_exchange_center.feature_spec import CategoricalField, DenseField, FeatureSpec, combine_features
 from data_exchange_center.paths import ArtifactPaths
 
@@ -103,6 +105,10 @@ def write_recall_artifacts(
         rows += [(item, other, weight) for other, weight in zip(picked, np.sort(rng.random(n))[::-1], strict=True)]
     neighbors = pd.DataFrame(rows, columns=[S.ITEM_ID, S.NEIGHBOR, S.WEIGHT]).astype({S.WEIGHT: np.float32})
     write_parquet(neighbors, paths.item_neighbors_path)
+    policy = RankingPolicy()  # what item-to-item and the report select offline: here the defaults
+    chain_config = {"max_triggers": DEFAULT_MAX_TRIGGERS, "like_weight": policy.like_weight,
+                    "prior_weight": policy.prior_weight}  # fmt: skip
+    write_json(chain_config, paths.chain_config_path)
 
 
 def write_profiles(paths: ArtifactPaths, rng: np.random.Generator, users: pd.DataFrame, genres: list[str]) -> None:

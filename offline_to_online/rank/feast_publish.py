@@ -1,20 +1,28 @@
 """Publish the ranking features through Feast: generate the repository, apply, materialize, read back.
 
 Steps (``publish_features``): check the rank artifacts against the feature spec and build the views
-(nothing is written before this passes); write the repository (``feast_repo``); load the generated
-``features.py`` and ``apply`` its objects with ``FeatureStore.apply``; ``materialize`` the window
-around this version's event time; read sampled entities back with ``get_online_features`` through
-the feature services and compare every feature with the artifacts.
+(nothing is written before this passes); keep a snapshot of what is published in
+``feature_repo/versions/<version>/`` (the spec and both feature tables: what a rollback re-publishes,
+and the spec that readers encode this version with); write the repository (``feast_repo``); copy the
+registry to a staging file and, on a ``FeatureStore`` over that copy, ``apply`` the generated
+``features.py``, ``materialize`` the window around the event time and read sampled entities back
+through the feature services; then rename the staging file onto ``data/registry.db``.
 
-Feast writes each entity's row in one operation, so a reader sees, per entity, either the previous
-row or the new one. Each publish carries a strictly later event time (the version's microsecond
-clock), because Feast's Redis store skips rows that are not newer than what it holds.
+Feast itself rewrites its file registry in place (truncate, then write), so a feature server that
+re-reads it at that moment could parse a half-written file; here Feast only ever writes the staging
+copy, and the live registry changes by one atomic rename: a reader sees the old registry or the new
+one. Feast writes each entity's row in one operation, so a reader sees, per entity, either the
+previous row or the new one. Each publish carries a strictly later event time (the version's
+microsecond clock, or now for a rollback), because Feast's Redis store skips rows that are not newer
+than what it holds.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -68,9 +76,15 @@ def event_time_of(version: str) -> datetime:
     return datetime.strptime(version.split("-")[0], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
 
 
-def write_repo(repo_dir: Path, prepared: PreparedSources, version: str, yaml_config: dict[str, Any]) -> None:
+def write_repo(
+    repo_dir: Path,
+    prepared: PreparedSources,
+    version: str,
+    yaml_config: dict[str, Any],
+    event_time: datetime | None = None,
+) -> None:
     """Write the data files, ``features.py`` and ``feature_store.yaml`` (each atomically)."""
-    event_time = event_time_of(version)
+    event_time = event_time or event_time_of(version)
     for view, table in zip(prepared.views, prepared.tables, strict=True):
         make_readable(write_parquet(F.source_table(view, table, event_time), repo_dir / view.path))
     with atomic_path(repo_dir / F.DEFINITIONS_FILE) as tmp:
@@ -105,8 +119,7 @@ def open_store(repo_dir: Path, config: dict[str, Any]) -> Any:
     return FeatureStore(repo_path=str(repo_dir), config=repo_config)
 
 
-def apply_and_materialize(store: Any, objects: list[Any], version: str) -> None:
-    event_time = event_time_of(version)
+def apply_and_materialize(store: Any, objects: list[Any], event_time: datetime) -> None:
     store.apply(objects)
     store.materialize(start_date=event_time - MATERIALIZE_LOOKBACK, end_date=event_time + timedelta(seconds=1))
 
@@ -151,6 +164,62 @@ def values_equal(expected: pd.Series, actual: pd.Series, kind: str) -> bool:
     return bool(elementwise_equal(expected, actual, kind).all())
 
 
+def snapshot_version(repo_dir: Path, version: str, prepared: PreparedSources) -> Path:
+    """``versions/<version>/``: the spec and the two feature tables as published (kept when it exists)."""
+    folder = L.feature_version_dir(repo_dir, version)
+    if folder.is_dir():
+        return folder  # a rollback re-publishes a version that is already here
+    tmp = folder.parent / f".tmp-{version}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        prepared.spec.save(tmp / L.FEATURE_SPEC_FILE)
+        for view, table in zip(prepared.views, prepared.tables, strict=True):
+            write_parquet(table, tmp / view.file_name)
+        for path in tmp.iterdir():
+            make_readable(path)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_snapshot(repo_dir: Path, version: str) -> PreparedSources:
+    """A published version's snapshot as ``PreparedSources`` (what a rollback publishes again)."""
+    folder = L.feature_version_dir(repo_dir, version)
+    spec = FeatureSpec.load(folder / L.FEATURE_SPEC_FILE)
+    users = read_parquet(folder / "user_features.parquet")
+    items = read_parquet(folder / "item_features.parquet")
+    views = [F.source_view(spec, "user", users), F.source_view(spec, "item", items)]
+    return PreparedSources(spec, views, [users, items])
+
+
+def live_data_version(store: Any) -> str | None:
+    """The ``data_version`` tag of the user feature service in ``store``'s registry (None before the first)."""
+    try:
+        service = store.get_feature_service(L.USER_FEATURE_SERVICE, allow_cache=False)
+    except Exception:  # no registry yet, or no such service: nothing was published
+        return None
+    return service.tags.get(L.DATA_VERSION_TAG)
+
+
+def staging_config(config: dict[str, Any], version: str) -> dict[str, Any]:
+    """``config`` with the registry at a staging file beside the live one."""
+    registry = dict(config["registry"], path=f"{F.DATA_DIR}/.registry-staging-{version}.db")
+    return dict(config, registry=registry)
+
+
+def prune_snapshots(repo_dir: Path, current: str, previous: str | None) -> list[str]:
+    """Delete every version snapshot but ``current`` and ``previous``, and leftovers of killed runs."""
+    versions_dir = L.feature_versions_dir(repo_dir)
+    doomed = [v for v in L.list_versions(versions_dir) if v not in (current, previous)]
+    for name in doomed + [p.name for p in versions_dir.glob(".tmp-*")]:
+        shutil.rmtree(versions_dir / name, ignore_errors=True)
+    for leftover in (repo_dir / F.DATA_DIR).glob(".registry-staging-*"):
+        leftover.unlink(missing_ok=True)
+    return doomed
+
+
 def publish_features(
     paths: ArtifactPaths,
     prepared: PreparedSources,
@@ -160,22 +229,40 @@ def publish_features(
     project: str = L.FEAST_PROJECT,
     version: str | None = None,
     n_verify: int = N_VERIFY_SAMPLE,
+    event_time: datetime | None = None,
 ) -> FeastPublishReport:
-    """Write the repository, apply, materialize and verify (SQLite when both URLs are None).
+    """Snapshot, write the repository, apply + materialize + verify on a staging registry, switch it.
 
-    ``yaml_redis_url`` is the Redis that the feature server will use (written to the yaml);
-    ``store_redis_url`` the one this process reaches (they differ inside and outside compose).
+    SQLite when both URLs are None. ``yaml_redis_url`` is the Redis that the feature server will use
+    (written to the yaml); ``store_redis_url`` the one this process reaches (they differ inside and
+    outside compose). ``event_time`` defaults to the version's time (a rollback passes now).
     """
     version = version or L.new_version()
+    event_time = event_time or event_time_of(version)
     repo_dir = paths.feature_repo_dir
-    write_repo(repo_dir, prepared, version, F.store_config(project, yaml_redis_url))
-    store = open_store(repo_dir, F.store_config(project, store_redis_url, password_placeholder=False))
-    apply_and_materialize(store, load_definitions(repo_dir), version)
-    n_verified = {
-        view.service: verify_online(store, view, table, n_verify)
-        for view, table in zip(prepared.views, prepared.tables, strict=True)
-    }
+    snapshot_version(repo_dir, version, prepared)
+    write_repo(repo_dir, prepared, version, F.store_config(project, yaml_redis_url), event_time)
+    config = F.store_config(project, store_redis_url, password_placeholder=False)
+    live_registry = repo_dir / F.REGISTRY_PATH
+    staging = repo_dir / staging_config(config, version)["registry"]["path"]
+    previous = live_data_version(open_store(repo_dir, config)) if live_registry.exists() else None
+    try:
+        if live_registry.exists():
+            shutil.copyfile(live_registry, staging)
+        store = open_store(repo_dir, staging_config(config, version))
+        apply_and_materialize(store, load_definitions(repo_dir), event_time)
+        n_verified = {
+            view.service: verify_online(store, view, table, n_verify)
+            for view, table in zip(prepared.views, prepared.tables, strict=True)
+        }
+        make_readable(staging)
+        os.replace(staging, live_registry)  # the one step that switches what readers see
+    finally:
+        staging.unlink(missing_ok=True)
+    make_readable(prepared.spec.save(L.live_feature_spec_path(repo_dir)))
+    prune_snapshots(repo_dir, version, previous if previous != version else None)
     n_rows = {view.service: len(table) for view, table in zip(prepared.views, prepared.tables, strict=True)}
     kind = "redis" if store_redis_url else "sqlite"
-    log.info("Feast: version %s applied and materialized to %s, %s, read back %s", version, kind, n_rows, n_verified)
+    log.info("Feast: version %s applied and materialized to %s (was %s), %s, read back %s",
+             version, kind, previous, n_rows, n_verified)  # fmt: skip
     return FeastPublishReport(version, repo_dir, kind, n_rows, n_verified)

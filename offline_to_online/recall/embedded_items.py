@@ -1,28 +1,34 @@
-"""Publish the item index for the embedded profile: the item artifacts themselves, pinned by a manifest.
+"""Publish the item index as a self-contained version: copies of the item artifacts and the chain parameters.
 
-The in-process index (``data_exchange_center.item_index``) searches the recall artifacts directly, so
-there is nothing to copy. Publishing checks the artifacts (``load_item_source``), records what they
-are in ``online/items/<version>/manifest.json`` (relative path, size and sha256 of each file, the
-item count, vector dimension and per-term counts), reads that back against the files, and switches
-``online/items/CURRENT``. A server can compare the manifest's checksums with the files it loads.
+A version folder ``online/items/<version>/`` holds copies of the four item artifacts
+(``item_terms.parquet``, ``item_vectors.npz``, ``popularity.parquet``, ``item_neighbors.parquet``),
+``chain.json`` (the chain parameters selected offline) and ``manifest.json`` (size and sha256 of each
+file). The in-process index of the embedded profile, and the compose profile's fallback, load only
+from there, so rerunning or deleting the offline artifacts changes nothing that is served until the
+next publish.
+
+Steps: copy into ``online/items/.tmp-<version>/``; check the copies (``read_item_files``: what is
+checked is what is served); write the manifest and read it back against the files; rename the folder
+into place (``stage_item_version``); then switch ``CURRENT`` and prune (``activate_item_version``).
+The compose profile stages the folder, builds the Elasticsearch index of the same version, and
+activates the folder only after the alias has moved.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from data_exchange_center import online_layout as L
-from data_exchange_center.artifacts import read_json, write_json
+from data_exchange_center.artifacts import ArtifactError, sha256_of, write_json
 from data_exchange_center.paths import ArtifactPaths
 from offline_to_online.common import PublishVerificationError, make_readable
 from offline_to_online.recall.embedded_users import TMP_PREFIX, prune_versions, remove_temporary_folders
-from offline_to_online.recall.item_source import ItemSource
+from offline_to_online.recall.item_source import ItemSource, read_item_files
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +39,15 @@ class EmbeddedItemsReport:
     previous: str | None
     n_items: int
     manifest_path: Path
+    deleted: list[str] = field(default_factory=list)
 
 
-def item_artifact_paths(paths: ArtifactPaths) -> list[Path]:
-    return [paths.item_terms_path, paths.item_vectors_path, paths.popularity_path, paths.item_neighbors_path]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def items_manifest(paths: ArtifactPaths, source: ItemSource, version: str) -> dict[str, Any]:
-    files = {
-        str(p.relative_to(paths.data_dir)): {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
-        for p in item_artifact_paths(paths)
-    }
+def items_manifest(folder: Path, source: ItemSource, version: str, copied_from: dict[str, str]) -> dict[str, Any]:
+    """What the version holds: counts, and size + sha256 of every file in ``folder``."""
+    names = [*copied_from, L.CHAIN_FILE]
+    files = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)} for name in names}
+    for name, origin in copied_from.items():
+        files[name]["copied_from"] = origin
     return {
         "version": version,
         "n_items": source.n_items,
@@ -64,34 +60,76 @@ def items_manifest(paths: ArtifactPaths, source: ItemSource, version: str) -> di
     }
 
 
-def verify_manifest(paths: ArtifactPaths, manifest: dict[str, Any]) -> None:
-    """Each listed file still has the recorded size and checksum."""
-    for relative, recorded in manifest["files"].items():
-        path = paths.data_dir / relative
-        if not path.exists() or sha256_of(path) != recorded["sha256"]:
-            raise PublishVerificationError(f"{path} changed while it was being published: re-run the stage")
+def copy_artifacts(paths: ArtifactPaths, folder: Path) -> dict[str, str]:
+    """Copy the four item artifacts into ``folder``; returns {file name: path relative to the data dir}."""
+    copied = {}
+    for source_path, target in zip(
+        L.ItemFiles.of_artifacts(paths).all(), L.ItemFiles.in_version(folder).all(), strict=True
+    ):
+        if not source_path.exists():
+            raise ArtifactError(f"missing artifact {source_path}: run the stage that writes it first")
+        shutil.copyfile(source_path, target)
+        make_readable(target)
+        copied[target.name] = str(source_path.relative_to(paths.data_dir))
+    return copied
 
 
-def publish_items_embedded(
-    paths: ArtifactPaths, source: ItemSource, *, version: str | None = None
-) -> EmbeddedItemsReport:
-    """Write the manifest as a new version, read it back against the files, switch CURRENT."""
+def stage_item_version(
+    paths: ArtifactPaths, chain: dict[str, int | float], version: str
+) -> tuple[Path, ItemSource]:
+    """Write ``online/items/<version>/`` complete and verified (``CURRENT`` unchanged); returns it and the
+    item source read from its copies (what the version serves)."""
     store_dir = L.items_store_dir(paths)
-    version = version or L.new_version()
-    previous = L.read_current_version(store_dir)
     remove_temporary_folders(store_dir)
     tmp_dir = store_dir / f"{TMP_PREFIX}{version}"
     tmp_dir.mkdir(parents=True)
     try:
-        make_readable(write_json(items_manifest(paths, source, version), tmp_dir / L.MANIFEST_FILE))
-        manifest = read_json(tmp_dir / L.MANIFEST_FILE)
-        verify_manifest(paths, manifest)
-        if manifest["n_items"] != source.n_items or manifest["term_counts"] != source.term_counts():
-            raise PublishVerificationError(f"{tmp_dir / L.MANIFEST_FILE} does not read back as written")
+        copied = copy_artifacts(paths, tmp_dir)
+        make_readable(write_json(chain, tmp_dir / L.CHAIN_FILE))
+        source = read_item_files(L.ItemFiles.in_version(tmp_dir))
+        make_readable(write_json(items_manifest(tmp_dir, source, version, copied), tmp_dir / L.MANIFEST_FILE))
+        verify_item_version(tmp_dir, source, chain)
         tmp_dir.rename(store_dir / version)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    return store_dir / version, source
+
+
+def verify_item_version(folder: Path, source: ItemSource, chain: dict[str, int | float]) -> None:
+    """The folder reads back as written: checksums, counts and chain parameters."""
+    try:
+        manifest = L.verify_version_files(folder)
+        published_chain = L.read_chain_file(folder)
+    except ArtifactError as exc:
+        raise PublishVerificationError(str(exc)) from None
+    if manifest["n_items"] != source.n_items or manifest["term_counts"] != source.term_counts():
+        raise PublishVerificationError(f"{folder / L.MANIFEST_FILE} does not read back as written")
+    if published_chain != chain:
+        raise PublishVerificationError(f"{folder / L.CHAIN_FILE} reads back as {published_chain}, written {chain}")
+
+
+def activate_item_version(paths: ArtifactPaths, version: str) -> list[str]:
+    """Switch ``online/items/CURRENT`` to a staged version; keep only it and the one live before it."""
+    store_dir = L.items_store_dir(paths)
+    previous = L.read_current_version(store_dir)
     L.write_current_version(store_dir, version)
-    prune_versions(store_dir, version, keep_previous=1)
+    return prune_versions(store_dir, version, previous)
+
+
+def discard_item_version(paths: ArtifactPaths, version: str) -> None:
+    """Remove a staged version that will not go live (its Elasticsearch index failed)."""
+    store_dir = L.items_store_dir(paths)
+    if L.read_current_version(store_dir) != version:
+        shutil.rmtree(store_dir / version, ignore_errors=True)
+
+
+def publish_items_embedded(
+    paths: ArtifactPaths, chain: dict[str, int | float], *, version: str | None = None
+) -> EmbeddedItemsReport:
+    """Stage a self-contained version of the item artifacts and ``chain``, then switch CURRENT to it."""
+    version = version or L.new_version()
+    previous = L.read_current_version(L.items_store_dir(paths))
+    folder, source = stage_item_version(paths, chain, version)
+    deleted = activate_item_version(paths, version)
     log.info("embedded items: version %s live (was %s), %d items", version, previous, source.n_items)
-    return EmbeddedItemsReport(version, previous, source.n_items, store_dir / version / L.MANIFEST_FILE)
+    return EmbeddedItemsReport(version, previous, source.n_items, folder / L.MANIFEST_FILE, deleted)

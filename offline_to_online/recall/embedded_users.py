@@ -2,8 +2,9 @@
 
 The layout is in ``data_exchange_center/online_layout.py`` and ``ONLINE_STORE_FORMAT.md``. A version is
 written into a temporary folder, read back and compared with its source, renamed into place, and only
-then does ``CURRENT`` switch to it. Older versions are removed except the ``keep_previous`` newest, so a
-server that read CURRENT just before the switch can still load the version it was told about.
+then does ``CURRENT`` switch to it. Every other version is then removed except the one that was live
+before (``previous``): a server that read CURRENT just before the switch can still load the version it
+was told about, and a rollback (``offline_to_online/s4_rollback.py``) can go back to it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from offline_to_online.recall.user_source import UserSource
 
 log = logging.getLogger(__name__)
 
-KEEP_PREVIOUS = 1
 TMP_PREFIX = ".tmp-"
 
 
@@ -44,7 +44,7 @@ class EmbeddedPublishReport:
 
 
 def publish_users_embedded(
-    store_dir: Path, source: UserSource, *, version: str | None = None, keep_previous: int = KEEP_PREVIOUS
+    store_dir: Path, source: UserSource, *, version: str | None = None
 ) -> EmbeddedPublishReport:
     """Write ``source`` as a new version folder, verify it, switch CURRENT, prune old versions."""
     version = version or L.new_version()
@@ -59,7 +59,7 @@ def publish_users_embedded(
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     L.write_current_version(store_dir, version)
-    deleted = prune_versions(store_dir, version, keep_previous)
+    deleted = prune_versions(store_dir, version, previous)
     log.info(
         "embedded users: version %s live (was %s), %d users, %d read back",
         version,
@@ -134,10 +134,11 @@ def verify_version(folder: Path, source: UserSource, n_sample: int = 1000) -> in
     return len(sample)
 
 
-def prune_versions(store_dir: Path, current: str, keep_previous: int) -> list[str]:
-    """Delete versions older than the ``keep_previous`` newest ones before ``current``."""
-    older = [v for v in L.list_versions(store_dir) if v != current]
-    doomed = older[: max(len(older) - keep_previous, 0)]
+def prune_versions(store_dir: Path, current: str, previous: str | None) -> list[str]:
+    """Delete every version but ``current`` and ``previous`` (the one live before it: a rollback target).
+
+    Also removes versions that never went live (a publish killed after staging its folder)."""
+    doomed = [v for v in L.list_versions(store_dir) if v not in (current, previous)]
     for version in doomed:
         shutil.rmtree(store_dir / version, ignore_errors=True)
     return doomed

@@ -92,6 +92,7 @@ def publish_items_to_es(
     alias: str,
     *,
     version: str | None = None,
+    chain: dict[str, int | float] | None = None,
     n_knn_sample: int = N_KNN_SAMPLE,
     min_knn_agreement: float = MIN_KNN_AGREEMENT,
     progress: bool = True,
@@ -104,7 +105,7 @@ def publish_items_to_es(
             f"a concrete index is named {alias!r}, so it cannot be an alias: delete it or set RECSYS_ES_INDEX_ALIAS"
         )
     previous = api.alias_holders(alias)
-    build_index(api, source, index, progress)
+    build_index(api, source, index, progress, E.index_meta(version, chain or {}))
     try:
         term_counts = verify_index(api, source, index)
         agreement = verify_knn(api, source, index, n_knn_sample, min_knn_agreement)
@@ -119,8 +120,8 @@ def publish_items_to_es(
     return EsPublishReport(version, index, alias, previous, source.n_items, term_counts, agreement, deleted)
 
 
-def build_index(api: EsApi, source: ItemSource, index: str, progress: bool) -> None:
-    api.create_index(index, E.index_settings(), E.index_mapping(source.vector_dim))
+def build_index(api: EsApi, source: ItemSource, index: str, progress: bool, meta: dict[str, Any]) -> None:
+    api.create_index(index, E.index_settings(), E.index_mapping(source.vector_dim, meta))
     n_indexed = api.bulk(bulk_actions(source, index), source.n_items, progress)
     if n_indexed != source.n_items:
         api.delete_index(index)

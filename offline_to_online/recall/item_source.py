@@ -3,8 +3,10 @@
 Reads ``preprocess/item_terms.parquet`` (itemid, terms), ``recall/item_vectors.npz`` (ids, vectors),
 ``recall/popularity.parquet`` (itemid, score) and ``recall/item_neighbors.parquet`` (itemid, neighbor,
 weight), checks them against their contracts and each other, and aligns them on the catalogue's item
-ids. Also the reference answers that a published index must reproduce: per-term item counts and the
-exact maximum-inner-product neighbour of an item's own vector.
+ids. ``read_item_files`` reads the same four files from any folder (the copies in a version being
+published); ``chain_parameters`` are the chain parameters published with them. Also the reference
+answers that a published index must reproduce: per-term item counts and the exact
+maximum-inner-product neighbour of an item's own vector.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from data_exchange_center import online_layout as L
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import ArtifactError, read_npz, read_parquet
+from data_exchange_center.artifacts import ArtifactError, read_json, read_npz, read_parquet
+from data_exchange_center.chain import RankingPolicy
 from data_exchange_center.paths import ArtifactPaths
 from offline_to_online.recall.user_source import check_vector_dims, check_vectors
 
@@ -56,24 +60,48 @@ class ItemSource:
 
 def load_item_source(paths: ArtifactPaths) -> ItemSource:
     """Read and check the four item artifacts; ``ArtifactError`` names the file and the problem."""
-    terms = read_parquet(paths.item_terms_path, (S.ITEM_ID, S.TERMS))
-    vector_ids, vectors = check_vectors(
-        read_npz(paths.item_vectors_path, (S.VECTOR_IDS, S.VECTORS)), paths.item_vectors_path.name
-    )
     check_vector_dims(paths)
-    popularity = read_parquet(paths.popularity_path, (S.ITEM_ID, S.SCORE))
-    neighbors = read_parquet(paths.item_neighbors_path, (S.ITEM_ID, S.NEIGHBOR, S.WEIGHT))
-    for frame, name in ((terms, paths.item_terms_path.name), (popularity, paths.popularity_path.name)):
+    return read_item_files(L.ItemFiles.of_artifacts(paths))
+
+
+def read_item_files(files: L.ItemFiles) -> ItemSource:
+    """Read and check four item files (the artifacts, or their copies in a version being published)."""
+    terms = read_parquet(files.terms_path, (S.ITEM_ID, S.TERMS))
+    vector_ids, vectors = check_vectors(
+        read_npz(files.vectors_path, (S.VECTOR_IDS, S.VECTORS)), files.vectors_path.name
+    )
+    popularity = read_parquet(files.popularity_path, (S.ITEM_ID, S.SCORE))
+    neighbors = read_parquet(files.neighbors_path, (S.ITEM_ID, S.NEIGHBOR, S.WEIGHT))
+    for frame, name in ((terms, files.terms_path.name), (popularity, files.popularity_path.name)):
         if frame[S.ITEM_ID].duplicated().any():
             raise ArtifactError(f"{name}: duplicate item ids; re-run the stage that wrote it")
     itemids = np.sort(terms[S.ITEM_ID].to_numpy(np.int64))
-    require_known(itemids, vector_ids, paths.item_vectors_path.name)
-    require_known(itemids, popularity[S.ITEM_ID].to_numpy(np.int64), paths.popularity_path.name)
-    require_known(itemids, neighbors[S.ITEM_ID].to_numpy(np.int64), paths.item_neighbors_path.name)
-    require_known(itemids, neighbors[S.NEIGHBOR].to_numpy(np.int64), paths.item_neighbors_path.name)
+    require_known(itemids, vector_ids, files.vectors_path.name)
+    require_known(itemids, popularity[S.ITEM_ID].to_numpy(np.int64), files.popularity_path.name)
+    require_known(itemids, neighbors[S.ITEM_ID].to_numpy(np.int64), files.neighbors_path.name)
+    require_known(itemids, neighbors[S.NEIGHBOR].to_numpy(np.int64), files.neighbors_path.name)
     if not np.isfinite(popularity[S.SCORE].to_numpy(np.float64)).all():
-        raise ArtifactError(f"{paths.popularity_path.name}: scores hold NaN or infinite values")
+        raise ArtifactError(f"{files.popularity_path.name}: scores hold NaN or infinite values")
     return align_items(itemids, terms, vector_ids, vectors, popularity, neighbors)
+
+
+def chain_parameters(paths: ArtifactPaths) -> dict[str, int | float]:
+    """The chain parameters that an item version is published with, from ``recall/chain_config.json``.
+
+    ``max_triggers`` (item-to-item) and ``like_weight`` (the report) must both be there: a chain
+    configuration without ``like_weight`` means the offline run stopped before its report, and such a
+    half-finished run is not published. ``prior_weight`` takes the ranking policy's default when absent.
+    """
+    raw = read_json(paths.chain_config_path)
+    if not isinstance(raw, dict) or "max_triggers" not in raw:
+        raise ArtifactError(f"{paths.chain_config_path} lacks max_triggers: run offline/recall/s3_item_to_item.py")
+    if "like_weight" not in raw:
+        raise ArtifactError(
+            f"{paths.chain_config_path} lacks like_weight: the offline run stopped before "
+            "offline/evaluate/s1_topk_report.py (which selects it); run it, then publish"
+        )
+    resolved = {"prior_weight": RankingPolicy().prior_weight, **raw}
+    return L.check_chain_parameters({k: resolved[k] for k in L.CHAIN_KEYS}, paths.chain_config_path)
 
 
 def require_known(catalogue: np.ndarray, ids: np.ndarray, name: str) -> None:

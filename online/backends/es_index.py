@@ -2,11 +2,12 @@
 
 ``EsIndex`` answers the chain's four questions (``chain.ItemIndexLike``) with the request bodies of
 ``data_exchange_center.es_layout``, against the concrete index that the alias named when the snapshot
-was taken, so one request never mixes two item versions. The alias is re-read at most every few
-seconds; a move is a hot switch. When Elasticsearch fails the chain uses the in-process index over the
-same artifacts (``online.backends.local_index``). ``EsApi`` is the small interface the adapter needs
-of a cluster; ``ElasticsearchApi`` implements it on the official client (credentials and TLS from
-settings).
+was taken, so one request never mixes two item versions. The chain parameters of a version come
+from its index mapping's ``_meta`` (written with the index), never from offline files. The alias is
+re-read at most every few seconds; a move is a hot switch. When Elasticsearch fails the chain uses the
+in-process index of the same published version (``online.backends.local_index``). ``EsApi`` is the
+small interface the adapter needs of a cluster; ``ElasticsearchApi`` implements it on the official
+client (credentials and TLS from settings).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from data_exchange_center import es_layout as E
 from data_exchange_center.chain import ItemIndexLike
 from data_exchange_center.es_layout import es_client_options
 from data_exchange_center.item_index import Ranked
+from data_exchange_center.online_layout import check_chain_parameters
 from data_exchange_center.settings import Settings
-from online.backends.base import ChainParams, IndexSnapshot, ReadyStatus
-from online.backends.local_index import chain_quotas, load_chain_params
+from online.backends.base import IndexSnapshot, ReadyStatus
+from online.backends.local_index import chain_params, chain_quotas
 from online.backends.versions import Refreshing
 
 
@@ -32,6 +34,10 @@ class EsApi(Protocol):
     def mget(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]: ...
 
     def alias_target(self, alias: str, timeout_s: float) -> str | None: ...
+
+    def index_meta(self, index: str, timeout_s: float) -> dict[str, Any]:
+        """The ``_meta`` of the index's mapping ({} when it has none)."""
+        ...
 
 
 class ElasticsearchApi:
@@ -49,6 +55,10 @@ class ElasticsearchApi:
 
     def mget(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
         return list(self.client.options(request_timeout=timeout_s).mget(index=index, body=body)["docs"])
+
+    def index_meta(self, index: str, timeout_s: float) -> dict[str, Any]:
+        reply = self.client.options(request_timeout=timeout_s).indices.get_mapping(index=index).body
+        return dict(reply.get(index, {}).get("mappings", {}).get("_meta") or {})
 
     def alias_target(self, alias: str, timeout_s: float) -> str | None:
         from elasticsearch import NotFoundError
@@ -119,17 +129,18 @@ class EsItemIndex:
         self.api = api or ElasticsearchApi(settings)
         self.alias = settings.es_index_alias
         self.timeout_s = settings.backend_timeout_ms / 1000
-        paths, quotas = settings.paths, chain_quotas(settings)
-        self.snapshot: Refreshing[IndexSnapshot] = Refreshing(
-            "item_index", self._probe, lambda index: self._snapshot_of(index, load_chain_params(paths, quotas))
-        )
+        self.quotas = chain_quotas(settings)
+        self.snapshot: Refreshing[IndexSnapshot] = Refreshing("item_index", self._probe, self._snapshot_of)
 
     def _probe(self) -> str | None:
         return self.api.alias_target(self.alias, max(self.timeout_s, 1.0))
 
-    def _snapshot_of(self, index: str, params: ChainParams) -> IndexSnapshot:
-        version = index.removeprefix(f"{self.alias}-".lower())
-        return IndexSnapshot(EsIndex(self.api, index, self.timeout_s), params, version)
+    def _snapshot_of(self, index: str) -> IndexSnapshot:
+        """The snapshot of one concrete index: its version and chain parameters from the mapping's ``_meta``."""
+        meta = self.api.index_meta(index, max(self.timeout_s, 1.0))
+        chain = check_chain_parameters(meta.get(E.META_CHAIN), f"the _meta of index {index}")
+        version = str(meta.get(E.META_VERSION) or index.removeprefix(f"{self.alias}-".lower()))
+        return IndexSnapshot(EsIndex(self.api, index, self.timeout_s), chain_params(chain, self.quotas), version)
 
     def current(self) -> IndexSnapshot:
         return self.snapshot.get()

@@ -105,10 +105,11 @@ def read_source(store: Any, repo_dir: Path, source: Source) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({key: []})
 
 
-def load_feature_tables(repo_dir: Path, spec_path: Path) -> FeatureTables:
-    spec = FeatureSpec.load(spec_path)
+def load_feature_tables(repo_dir: Path) -> FeatureTables:
+    """Every user and item row of the live Feast version, encoded with that version's published spec."""
     store = open_feature_store(repo_dir)
     version = live_version(store)
+    spec = FeatureSpec.load(L.feature_spec_of_version(repo_dir, version))
     users = EncodedTable.from_frame(spec, "user", read_source(store, repo_dir, "user"), S.USER_ID)
     items = EncodedTable.from_frame(spec, "item", read_source(store, repo_dir, "item"), S.ITEM_ID)
     if live_version(store) != version:
@@ -123,7 +124,7 @@ def registry_stamp(repo_dir: Path) -> str | None:
         stat = (repo_dir / REGISTRY_FILE).stat()
     except FileNotFoundError:
         return None
-    return f"{stat.st_mtime_ns}:{stat.st_size}"
+    return f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}"  # a publish renames a new file into place
 
 
 class EmbeddedFeatureStore:
@@ -132,9 +133,9 @@ class EmbeddedFeatureStore:
     name = "feast-sqlite"
 
     def __init__(self, settings: Settings) -> None:
-        repo_dir, spec_path = settings.paths.feature_repo_dir, settings.paths.feature_spec_path
+        repo_dir = settings.paths.feature_repo_dir
         self.tables: Refreshing[FeatureTables] = Refreshing(
-            "features", lambda: registry_stamp(repo_dir), lambda _stamp: load_feature_tables(repo_dir, spec_path)
+            "features", lambda: registry_stamp(repo_dir), lambda _stamp: load_feature_tables(repo_dir)
         )
 
     def current(self) -> FeatureTables:

@@ -63,7 +63,7 @@ class FeastHttpFeatureStore:
 
     def __init__(self, settings: Settings) -> None:
         self.url = settings.feast_url.rstrip("/") + "/get-online-features"
-        self.spec = FeatureSpec.load(settings.paths.feature_spec_path)
+        self.spec = FeatureSpec.load(L.live_feature_spec_path(settings.paths.feature_repo_dir))
         self.user_encoder = RowEncoder(self.spec, "user")
         repo_data = settings.paths.feature_repo_dir / "data"
         self.item_ids = pd.read_parquet(repo_data / "item_features.parquet", columns=[S.ITEM_ID])[S.ITEM_ID].tolist()

@@ -1,7 +1,8 @@
 """The embedded scorer: ONNX Runtime in-process on the exported ranker.
 
 It loads the newest version of ``ml_rec`` in the Triton model repository (what Triton serves; see
-``online_layout.latest_model_path``), or ``rank/model/model.onnx`` when nothing was published there.
+``online_layout.latest_model_path``); the training output ``rank/model/model.onnx`` is never read (a
+model is served only once ``s2_model_to_triton`` has published it).
 One session per worker process, one intra-op thread (the workers and request threads are the
 parallelism); ``InferenceSession.run`` is thread-safe. The compose profile uses it as Triton's fallback.
 """
@@ -20,8 +21,6 @@ from data_exchange_center.online_layout import latest_model_path, model_versions
 from data_exchange_center.settings import Settings
 from online.backends.base import ReadyStatus
 from online.backends.versions import Refreshing
-
-UNPUBLISHED = "rank/model.onnx"  # version name of the training output when no repository version exists
 
 
 @dataclass(frozen=True)
@@ -56,17 +55,12 @@ class ModelLocator:
 
     def __init__(self, settings: Settings) -> None:
         self.repository = settings.paths.model_repository_dir
-        self.fallback_path = settings.paths.onnx_path
 
     def probe(self) -> str | None:
         versions = model_versions(self.repository)
-        if versions:
-            return f"{sig.MODEL_NAME}/{versions[-1]}"
-        return UNPUBLISHED if self.fallback_path.exists() else None
+        return f"{sig.MODEL_NAME}/{versions[-1]}" if versions else None
 
     def path_of(self, version: str) -> Path:
-        if version == UNPUBLISHED:
-            return self.fallback_path
         path = latest_model_path(self.repository)
         if path is None or f"{sig.MODEL_NAME}/{path.parent.name}" != version:
             raise ArtifactError(f"model version {version} is no longer in {self.repository}")

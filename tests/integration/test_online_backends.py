@@ -191,7 +191,7 @@ def test_feast_feature_server_rows_equal_the_sdk_and_survive_its_death(
     while not store.items.loaded and time.monotonic() < deadline:
         time.sleep(0.1)
     assert store.items.loaded, "the item features were not loaded from feast serve within 30 s"
-    sdk = load_feature_tables(tiny.paths.feature_repo_dir, tiny.paths.feature_spec_path)
+    sdk = load_feature_tables(tiny.paths.feature_repo_dir)
     snapshot = store.current()
     for userid in tiny.userids.tolist():  # every user row over HTTP == the SDK's, encoded
         got, want = store.user_row(snapshot, userid, 5.0), sdk.user_row(userid)

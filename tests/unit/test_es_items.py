@@ -42,7 +42,9 @@ def two_items() -> ItemSource:
 
 
 def test_mapping_is_golden() -> None:
-    assert E.index_mapping(32) == {
+    chain = {"max_triggers": 20, "like_weight": 0.5, "prior_weight": 0.01}
+    assert E.index_mapping(32, E.index_meta(VERSION, chain)) == {
+        "_meta": {"version": VERSION, "chain": {"max_triggers": 20, "like_weight": 0.5, "prior_weight": 0.01}},
         "dynamic": "strict",
         "properties": {
             "itemid": {"type": "long"},
@@ -226,7 +228,8 @@ def test_publish_builds_verifies_switches_and_cleans_up(tmp_path: Path) -> None:
     source = load_item_source(write_tiny_artifacts(tmp_path).paths)
     api = FakeEsApi()
     api.indexes["items-leftover"] = {}  # what an interrupted run left
-    first = publish_items_to_es(api, source, "items", version=VERSION, progress=False)
+    chain = {"max_triggers": 3, "like_weight": 0.5, "prior_weight": 0.01}
+    first = publish_items_to_es(api, source, "items", version=VERSION, chain=chain, progress=False)
     new = "items-20240102t030405000006z-0a1b"
     assert api.calls == [
         f"create {new}",
@@ -236,7 +239,8 @@ def test_publish_builds_verifies_switches_and_cleans_up(tmp_path: Path) -> None:
         "aliases",
         "delete items-leftover",
     ]
-    assert api.bodies[new]["mappings"] == E.index_mapping(tiny_dim := source.vector_dim) and tiny_dim == 8
+    assert api.bodies[new]["mappings"] == E.index_mapping(tiny_dim := source.vector_dim, E.index_meta(VERSION, chain))
+    assert tiny_dim == 8 and api.bodies[new]["mappings"]["_meta"]["chain"] == chain
     assert api.aliases["items"] == {new} and first.knn_agreement == 1.0
     assert first.term_counts == source.term_counts() and sum(first.term_counts.values()) > 0
     second = publish_items_to_es(api, source, "items", progress=False)

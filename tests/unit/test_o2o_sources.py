@@ -11,12 +11,12 @@ import pytest
 
 from data_exchange_center import online_layout as L
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import ArtifactError, read_json, write_npz, write_parquet
-from offline_to_online.common import PublishVerificationError
+from data_exchange_center.artifacts import ArtifactError, read_json, write_json, write_npz, write_parquet
+from data_exchange_center.item_index import ItemIndex
 from offline_to_online.recall import s2_item_to_es
-from offline_to_online.recall.embedded_items import publish_items_embedded, verify_manifest
+from offline_to_online.recall.embedded_items import publish_items_embedded
 from offline_to_online.recall.embedded_users import load_version, publish_users_embedded
-from offline_to_online.recall.item_source import load_item_source
+from offline_to_online.recall.item_source import chain_parameters, load_item_source
 from offline_to_online.recall.redis_users import compare_records
 from offline_to_online.recall.user_source import load_user_source
 from scripts.native_servers import free_port
@@ -91,21 +91,64 @@ def test_embedded_users_round_trip_and_keep_one_previous_version(tmp_path: Path)
         assert published.stat().st_mode & 0o044 == 0o044, published  # the serving containers read them
 
 
-def test_embedded_items_pin_the_artifacts_by_checksum(tmp_path: Path) -> None:
+def test_an_embedded_item_version_holds_copies_of_everything_it_serves(tmp_path: Path) -> None:
     tiny = write_tiny_artifacts(tmp_path)
-    report = publish_items_embedded(tiny.paths, load_item_source(tiny.paths))
+    chain = chain_parameters(tiny.paths)
+    report = publish_items_embedded(tiny.paths, chain)
+    folder = report.manifest_path.parent
     manifest = read_json(report.manifest_path)
     assert L.read_current_version(L.items_store_dir(tiny.paths)) == report.version
-    assert sorted(manifest["files"]) == [
-        "preprocess/item_terms.parquet",
-        "recall/item_neighbors.parquet",
-        "recall/item_vectors.npz",
-        "recall/popularity.parquet",
-    ]
-    verify_manifest(tiny.paths, manifest)
-    write_parquet(pd.DataFrame({S.ITEM_ID: tiny.itemids, S.SCORE: 1.0}), tiny.paths.popularity_path)
-    with pytest.raises(PublishVerificationError, match="popularity.parquet changed"):
-        verify_manifest(tiny.paths, manifest)
+    assert sorted(manifest["files"]) == sorted(p.name for p in folder.iterdir() if p.name != L.MANIFEST_FILE)
+    assert manifest["files"]["popularity.parquet"]["copied_from"] == "recall/popularity.parquet"
+    assert L.read_chain_file(folder) == chain == {"max_triggers": 20, "like_weight": 1.0, "prior_weight": 0.01}
+    before = ItemIndex.from_files(L.ItemFiles.in_version(folder)).search_popular(5)
+    # rerunning (or deleting) the offline artifacts leaves the published version as it was
+    write_parquet(pd.DataFrame({S.ITEM_ID: tiny.itemids, S.SCORE: np.arange(len(tiny.itemids), dtype=np.float32)}),
+                  tiny.paths.popularity_path)  # fmt: skip
+    for path in (tiny.paths.item_neighbors_path, tiny.paths.item_vectors_path, tiny.paths.chain_config_path):
+        path.unlink()
+    assert L.verify_version_files(folder) == manifest
+    after = ItemIndex.from_files(L.ItemFiles.in_version(folder)).search_popular(5)
+    assert [a.tolist() for a in after] == [b.tolist() for b in before]
+    # a damaged copy is refused by the loader's checksum check
+    (folder / "popularity.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ArtifactError, match="popularity.parquet does not match"):
+        L.verify_version_files(folder)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (None, "missing artifact"),
+        ({"max_triggers": 20}, "lacks like_weight: the offline run stopped before"),
+        ({"like_weight": 0.5}, "lacks max_triggers"),
+        ({"max_triggers": 2.5, "like_weight": 0.5}, "max_triggers = 2.5 is not a whole number"),
+        ({"max_triggers": 20, "like_weight": -1}, "like_weight = -1 is not a finite non-negative number"),
+    ],
+)
+def test_a_half_finished_chain_configuration_is_not_published(
+    tmp_path: Path, config: dict[str, float] | None, message: str
+) -> None:
+    tiny = write_tiny_artifacts(tmp_path)
+    if config is None:
+        tiny.paths.chain_config_path.unlink()
+    else:
+        write_json(config, tiny.paths.chain_config_path)
+    with pytest.raises(ArtifactError, match=message):
+        chain_parameters(tiny.paths)
+    assert s2_item_to_es.main(["--data-dir", str(tmp_path), "--profile", "embedded", "--quiet"]) == 2
+    assert not L.items_store_dir(tiny.paths).exists()
+
+
+def test_prune_keeps_the_live_and_the_previously_live_version(tmp_path: Path) -> None:
+    tiny = write_tiny_artifacts(tmp_path)
+    chain = chain_parameters(tiny.paths)
+    first, second = (publish_items_embedded(tiny.paths, chain).version for _ in range(2))
+    store = L.items_store_dir(tiny.paths)
+    L.write_current_version(store, first)  # a rollback to the first
+    third = publish_items_embedded(tiny.paths, chain)
+    assert third.previous == first and third.deleted == [second]
+    assert L.list_versions(store) == [first, third.version]
 
 
 def test_unreachable_elasticsearch_is_one_line_and_exit_3(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

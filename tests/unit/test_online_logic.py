@@ -245,6 +245,9 @@ class IndexBackedEsApi:
     def alias_target(self, alias: str, timeout_s: float) -> str | None:
         return f"{alias}-v1"
 
+    def index_meta(self, index: str, timeout_s: float) -> dict[str, Any]:
+        return E.index_meta("v1", {"max_triggers": 7, "like_weight": 0.5, "prior_weight": 0.02})
+
 
 def test_the_es_adapter_sends_the_layout_bodies_and_gives_the_in_process_answers(tiny: TinyArtifacts) -> None:
     local = ItemIndex.load(tiny.paths)

@@ -1,0 +1,134 @@
+"""Published versions are self-contained: the service never reads the offline stages' working files.
+
+What these tests prove: after a publish, deleting or rewriting every offline artifact (``dataset/``,
+``preprocess/``, ``recall/``, ``rank/``) changes nothing that the service answers, a fresh service
+starts from the published versions alone, and the Elasticsearch adapter takes a version's chain
+parameters from the index itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_exchange_center import es_layout as E
+from data_exchange_center import online_layout as L
+from data_exchange_center import schema as S
+from data_exchange_center.artifacts import ArtifactError, write_json, write_parquet
+from data_exchange_center.item_index import ItemIndex
+from data_exchange_center.settings import load_settings
+from online.backends.es_index import EsItemIndex
+from online.backends.local_index import load_index_snapshot
+from online.main.s1_server import create_app, service_of
+from tests.fixtures_artifacts import TinyArtifacts
+from tests.unit.test_online_support import CHAIN_CONFIG, QUOTAS, copy_published, expected_list, publish_tiny
+
+pytestmark = pytest.mark.unit
+OFFLINE_DIRS = ("dataset", "preprocess", "recall", "rank")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
+    return publish_tiny(tmp_path_factory.mktemp("published"))
+
+
+def served(data_dir: Path, userids: list[int], size: int = 10) -> dict[int, list[tuple[int, float]]]:
+    settings = load_settings({"data_dir": data_dir, "log_level": "WARNING"})
+    app = create_app(settings)
+    try:
+        service_of(app).wait_until_loaded(120)
+        client = app.test_client()
+        answers = {}
+        for userid in userids:
+            reply = client.post("/ml/rec", json={"userid": userid, "size": size})
+            assert reply.status_code == 200, reply.get_json()
+            assert reply.get_json()["degraded"] == []
+            answers[userid] = [(e["itemid"], round(e["score"], 6)) for e in reply.get_json()["item_list"]]
+        return answers
+    finally:
+        service_of(app).close()
+
+
+def test_a_service_started_without_any_offline_artifact_serves_the_published_lists(
+    tiny: TinyArtifacts, tmp_path: Path
+) -> None:
+    userids = [int(u) for u in tiny.userids[1:6]]
+    expected = {u: expected_list(tiny.paths, u, 10) for u in userids}  # from the artifacts, before deleting
+    data_dir = copy_published(tiny.paths.data_dir, tmp_path / "copy")
+    for name in OFFLINE_DIRS:
+        shutil.rmtree(data_dir / name, ignore_errors=True)
+    assert not any((data_dir / name).exists() for name in OFFLINE_DIRS)
+    answers = served(data_dir, userids)
+    for userid, (items, scores) in expected.items():
+        assert [i for i, _ in answers[userid]] == items.tolist()
+        np.testing.assert_allclose([s for _, s in answers[userid]], scores, atol=1e-5)
+
+
+def test_rerunning_offline_stages_changes_nothing_until_the_next_publish(tiny: TinyArtifacts, tmp_path: Path) -> None:
+    data_dir = copy_published(tiny.paths.data_dir, tmp_path / "copy")
+    userids = [int(u) for u in tiny.userids[1:6]]
+    before = served(data_dir, userids)
+    paths = load_settings({"data_dir": data_dir}).paths
+    # an offline rerun with other results: reversed popularity, no neighbours, another chain configuration
+    popularity = pd.read_parquet(paths.popularity_path)
+    write_parquet(popularity.assign(**{S.SCORE: -popularity[S.SCORE]}), paths.popularity_path)
+    write_parquet(pd.read_parquet(paths.item_neighbors_path).head(0), paths.item_neighbors_path)
+    write_json({"max_triggers": 0, "like_weight": 5.0}, paths.chain_config_path)
+    assert served(data_dir, userids) == before
+    from offline_to_online.recall import s2_item_to_es
+
+    assert s2_item_to_es.main(["--data-dir", str(data_dir), "--profile", "embedded", "--quiet"]) == 0
+    assert served(data_dir, userids) != before  # the publish is what changes the answers
+
+
+def test_the_local_index_loads_the_copies_and_refuses_a_damaged_one(tiny: TinyArtifacts, tmp_path: Path) -> None:
+    data_dir = copy_published(tiny.paths.data_dir, tmp_path / "copy")
+    store = L.items_store_dir(load_settings({"data_dir": data_dir}).paths)
+    version = L.read_current_version(store)
+    assert version is not None
+    for name in OFFLINE_DIRS:
+        shutil.rmtree(data_dir / name, ignore_errors=True)
+    snapshot = load_index_snapshot(store, QUOTAS, version)
+    assert snapshot.version == version and snapshot.params.max_triggers == CHAIN_CONFIG["max_triggers"]
+    reference = ItemIndex.load(tiny.paths)
+    assert [a.tolist() for a in snapshot.index.search_popular(7)] == [a.tolist() for a in reference.search_popular(7)]
+    (store / version / L.ITEM_NEIGHBORS_FILE).write_bytes(b"\0" * 10)
+    with pytest.raises(ArtifactError, match="item_neighbors.parquet does not match"):
+        load_index_snapshot(store, QUOTAS, version)
+
+
+class MetaOnlyEsApi:
+    """The project's ``EsApi`` for one index whose mapping carries ``meta`` (no searches are made)."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+
+    def search(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+        raise AssertionError("no search expected")
+
+    def mget(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+        raise AssertionError("no mget expected")
+
+    def alias_target(self, alias: str, timeout_s: float) -> str | None:
+        return f"{alias}-20260101t000000000000z-abcd"
+
+    def index_meta(self, index: str, timeout_s: float) -> dict[str, Any]:
+        return self.meta
+
+
+def test_the_es_adapter_takes_version_and_chain_parameters_from_the_index(tmp_path: Path) -> None:
+    settings = load_settings({"data_dir": tmp_path, "profile": "compose"}, environ={})
+    chain = {"max_triggers": 7, "like_weight": 0.25, "prior_weight": 0.02}
+    provider = EsItemIndex(settings, api=MetaOnlyEsApi(E.index_meta("20260101T000000000000Z-abcd", chain)))
+    snapshot = provider._snapshot_of("recsys_items-20260101t000000000000z-abcd")
+    assert snapshot.version == "20260101T000000000000Z-abcd"
+    assert snapshot.params.max_triggers == 7 and snapshot.params.policy.like_weight == 0.25
+    assert snapshot.params.policy.prior_weight == 0.02
+    unversioned = EsItemIndex(settings, api=MetaOnlyEsApi({}))  # an index published without _meta
+    with pytest.raises(ArtifactError, match="the _meta of index recsys_items-old"):
+        unversioned._snapshot_of("recsys_items-old")
