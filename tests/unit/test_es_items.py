@@ -16,11 +16,13 @@ import pytest
 from pydantic import SecretStr
 
 from data_exchange_center import es_layout as E
+from data_exchange_center.artifacts import ArtifactError
 from data_exchange_center.settings import load_settings
 from offline_to_online.common import PublishVerificationError
 from offline_to_online.recall.es_client import es_client_options
 from offline_to_online.recall.es_items import bulk_actions, publish_items_to_es
 from offline_to_online.recall.item_source import ItemSource, load_item_source
+from online.backends.es_index import EsItemIndex
 from tests.fixtures_artifacts import write_tiny_artifacts
 
 pytestmark = pytest.mark.unit
@@ -274,3 +276,36 @@ def test_a_concrete_index_named_like_the_alias_is_refused(tmp_path: Path) -> Non
     with pytest.raises(PublishVerificationError, match="concrete index is named 'items'"):
         publish_items_to_es(api, source, "items", progress=False)
     assert api.calls == []
+
+
+# --- the online adapter reads what the publish wrote -----------------------------------------------------
+class MetaOnlyEsApi:
+    """The project's ``EsApi`` for one index whose mapping carries ``meta`` (no searches are made)."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+
+    def search(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+        raise AssertionError("no search expected")
+
+    def mget(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+        raise AssertionError("no mget expected")
+
+    def alias_target(self, alias: str, timeout_s: float) -> str | None:
+        return f"{alias}-20260101t000000000000z-abcd"
+
+    def index_meta(self, index: str, timeout_s: float) -> dict[str, Any]:
+        return self.meta
+
+
+def test_the_es_adapter_takes_version_and_chain_parameters_from_the_index(tmp_path: Path) -> None:
+    settings = load_settings({"data_dir": tmp_path, "profile": "compose"}, environ={})
+    chain = {"max_triggers": 7, "like_weight": 0.25, "prior_weight": 0.02}
+    provider = EsItemIndex(settings, api=MetaOnlyEsApi(E.index_meta("20260101T000000000000Z-abcd", chain)))
+    snapshot = provider._snapshot_of("recsys_items-20260101t000000000000z-abcd")
+    assert snapshot.version == "20260101T000000000000Z-abcd"
+    assert snapshot.params.max_triggers == 7 and snapshot.params.policy.like_weight == 0.25
+    assert snapshot.params.policy.prior_weight == 0.02
+    unversioned = EsItemIndex(settings, api=MetaOnlyEsApi({}))  # an index published without _meta
+    with pytest.raises(ArtifactError, match="the _meta of index recsys_items-old"):
+        unversioned._snapshot_of("recsys_items-old")

@@ -3,32 +3,29 @@
 What these tests prove: after a publish, deleting or rewriting every offline artifact (``dataset/``,
 ``preprocess/``, ``recall/``, ``rank/``) changes nothing that the service answers, a fresh service
 starts from the published versions alone, and the Elasticsearch adapter takes a version's chain
-parameters from the index itself.
+parameters from the index itself (``tests/unit/test_es_items.py``).
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from data_exchange_center import es_layout as E
 from data_exchange_center import online_layout as L
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import ArtifactError, write_json, write_parquet
 from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.settings import load_settings
-from online.backends.es_index import EsItemIndex
 from online.backends.local_index import load_index_snapshot
 from online.main.s1_server import create_app, service_of
 from tests.fixtures_artifacts import TinyArtifacts
-from tests.unit.test_online_support import CHAIN_CONFIG, QUOTAS, copy_published, expected_list, publish_tiny
+from tests.online_support import CHAIN_CONFIG, QUOTAS, copy_published, expected_list, publish_tiny
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration  # publishes through Feast (materializes)
 OFFLINE_DIRS = ("dataset", "preprocess", "recall", "rank")
 
 
@@ -100,35 +97,3 @@ def test_the_local_index_loads_the_copies_and_refuses_a_damaged_one(tiny: TinyAr
     (store / version / L.ITEM_NEIGHBORS_FILE).write_bytes(b"\0" * 10)
     with pytest.raises(ArtifactError, match="item_neighbors.parquet does not match"):
         load_index_snapshot(store, QUOTAS, version)
-
-
-class MetaOnlyEsApi:
-    """The project's ``EsApi`` for one index whose mapping carries ``meta`` (no searches are made)."""
-
-    def __init__(self, meta: dict[str, Any]) -> None:
-        self.meta = meta
-
-    def search(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
-        raise AssertionError("no search expected")
-
-    def mget(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
-        raise AssertionError("no mget expected")
-
-    def alias_target(self, alias: str, timeout_s: float) -> str | None:
-        return f"{alias}-20260101t000000000000z-abcd"
-
-    def index_meta(self, index: str, timeout_s: float) -> dict[str, Any]:
-        return self.meta
-
-
-def test_the_es_adapter_takes_version_and_chain_parameters_from_the_index(tmp_path: Path) -> None:
-    settings = load_settings({"data_dir": tmp_path, "profile": "compose"}, environ={})
-    chain = {"max_triggers": 7, "like_weight": 0.25, "prior_weight": 0.02}
-    provider = EsItemIndex(settings, api=MetaOnlyEsApi(E.index_meta("20260101T000000000000Z-abcd", chain)))
-    snapshot = provider._snapshot_of("recsys_items-20260101t000000000000z-abcd")
-    assert snapshot.version == "20260101T000000000000Z-abcd"
-    assert snapshot.params.max_triggers == 7 and snapshot.params.policy.like_weight == 0.25
-    assert snapshot.params.policy.prior_weight == 0.02
-    unversioned = EsItemIndex(settings, api=MetaOnlyEsApi({}))  # an index published without _meta
-    with pytest.raises(ArtifactError, match="the _meta of index recsys_items-old"):
-        unversioned._snapshot_of("recsys_items-old")
