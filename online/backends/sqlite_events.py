@@ -16,6 +16,7 @@ thread has its own connection (``sqlite3`` connections are not shared between th
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -62,8 +63,15 @@ class SqliteEventLog:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         with self._lock:
-            connection = self._connect()
-            connection.executescript(SCHEMA)
+            self._connect().executescript(SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection; a new one after a fork (gunicorn --preload), never a parent's."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None or self._local.pid != os.getpid():
+            with self._lock:
+                connection = self._connect()
+        return connection
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
@@ -71,15 +79,8 @@ class SqliteEventLog:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self._local.connection = connection
+        self._local.connection, self._local.pid = connection, os.getpid()
         self._connections.append(connection)
-        return connection
-
-    def _connection(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            with self._lock:
-                connection = self._connect()
         return connection
 
     def append(self, events: list[Event]) -> AppendResult:

@@ -2,12 +2,20 @@
 
     python online/main/s2_client.py --users 1 2 3             # print each user's list
     python online/main/s2_client.py --replay                  # every holdout user: Recall/HitRate/NDCG@50
+    python online/main/s2_client.py --replay --stream         # streaming: static walk, then live (posts events)
 
 ``--replay`` sends every user with at least one positive in the online holdout
 (``preprocess/samples.parquet``, split "online", label 1) to the running service, computes Recall@50,
 HitRate@50 and NDCG@50 of the served lists the way the offline evaluation does
 (``data_exchange_center/topk_metrics.py``), prints them beside ``reports/metrics.json``'s ``topk.ranked``
 and exits 1 when any differs by more than ``--tolerance`` (or when a request failed).
+
+``--replay --stream`` walks every ``--every``-th holdout user's online ratings in time order, asking for
+a list before each positive one: first without posting (static), then posting each rating to
+``POST /ml/events`` after its list (live; needs an event log without this replay's events). It prints
+next-item HitRate/NDCG/MRR@50 of both walks (per experiment variant too) beside
+``reports/streaming.json`` (``offline/evaluate/s2_streaming_report.py``) and exits 1 when any differs by
+more than ``--tolerance``.
 """
 
 from __future__ import annotations
@@ -138,6 +146,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, nargs="*", default=[], help="user ids whose lists to print")
     parser.add_argument("--size", type=int, default=TOPK, help="items per list for --users (default %(default)s)")
     parser.add_argument("--replay", action="store_true", help="replay the online holdout and compare metrics")
+    parser.add_argument("--stream", action="store_true",
+                        help="with --replay: the streaming walk (static, then live posting events)")  # fmt: skip
+    parser.add_argument("--every", type=int, default=1, help="--stream: every N-th holdout user (default 1: all)")
     parser.add_argument("--data-dir", type=Path, default=None, help="artifacts (default: $RECSYS_DATA_DIR)")
     parser.add_argument("--workers", type=int, default=4, help="concurrent requests of --replay (default 4)")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="allowed metric difference")
@@ -164,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.replay:
         return 0
     paths = ArtifactPaths.from_env(args.data_dir)
+    if args.stream:
+        return stream(args, client, paths)
     started = time.perf_counter()
     try:
         served, failures = replay(client, paths, args.workers)
@@ -172,6 +185,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"replayed {served['n_users']} holdout users in {time.perf_counter() - started:.1f} s, {failures} failed")
     ok = compare_with_offline(served, paths, args.tolerance)
+    return 0 if ok and failures == 0 else 1
+
+
+def stream(args: argparse.Namespace, client: RecClient, paths: ArtifactPaths) -> int:
+    """The streaming replay: static walk, live walk, compared with the offline streaming report."""
+    import pandas as pd
+
+    from data_exchange_center.streaming import holdout_walks, streaming_report_path
+    from online.main.stream_replay import EventClient, ReplayLogNotEmpty, compare_streaming, stream_walk
+
+    walks = holdout_walks(pd.read_parquet(paths.samples_path), args.every)
+    events = EventClient(args.url, args.api_key)
+    served, failures = {}, 0
+    for mode, post in (("static", None), ("live", events.post)):
+        started = time.perf_counter()
+        try:
+            result = stream_walk(walks, client.recommend, post, TOPK, args.workers)
+        except ReplayLogNotEmpty as exc:
+            print(f"s2_client: {exc}", file=sys.stderr)
+            return 1
+        served[mode], failures = result.metrics(TOPK), failures + result.failures
+        print(f"{mode} walk: {len(walks)} users, {served[mode]['n_events']} positive events, "
+              f"{time.perf_counter() - started:.1f} s, {result.failures} users failed")  # fmt: skip
+    report_path = streaming_report_path(paths)
+    offline = json.loads(report_path.read_text()) if report_path.exists() else None
+    if offline is None:
+        print(f"no {report_path}: run offline/evaluate/s2_streaming_report.py to compare", file=sys.stderr)
+    elif offline.get("every") != args.every:
+        print(f"{report_path} is for --every {offline.get('every')}, not {args.every}", file=sys.stderr)
+        offline = None
+    ok = compare_streaming(served, offline, args.tolerance)
     return 0 if ok and failures == 0 else 1
 
 

@@ -21,8 +21,10 @@ import numpy as np
 
 from data_exchange_center.chain import UserState
 from data_exchange_center.events import Event, events_state
+from data_exchange_center.experiments import ExperimentConfigError, Variant, assign_variant, parse_variants
+from data_exchange_center.settings import Settings, SettingsError
 from online.backends.base import BackendError, NotLoaded
-from online.backends.event_log import AppendResult, EventLog
+from online.backends.event_log import AppendResult, EventLog, build_event_log
 from online.service.errors import NotReady, ServiceError, Unavailable
 from online.service.resilience import Deadline, Guard
 
@@ -89,3 +91,30 @@ class LiveState:
             return LiveResult(base, 0, False)
         start = base if base is not None else UserState.unknown()
         return LiveResult(events_state(start, [s.event for s in stored]), len(stored), False)
+
+
+class Experiments:
+    """The configured variants and the salt; a user's variant is a pure function of the user id."""
+
+    def __init__(self, variants: list[Variant], salt: str) -> None:
+        self.variants = variants
+        self.salt = salt
+
+    @classmethod
+    def none(cls) -> Experiments:
+        return cls(parse_variants(""), "")
+
+    def variant_of(self, userid: int) -> Variant:
+        if len(self.variants) == 1:
+            return self.variants[0]
+        return assign_variant(userid, self.variants, self.salt)
+
+
+def build_live_feedback(settings: Settings, guard: Guard) -> tuple[LiveState, Experiments]:
+    """The app's event log (``Settings.event_store``) and experiments (``Settings.experiment_variants``)."""
+    try:
+        variants = parse_variants(settings.experiment_variants)
+    except ExperimentConfigError as exc:
+        raise SettingsError(f"experiment_variants: {exc}") from None
+    live = LiveState(build_event_log(settings), guard, settings.events_read_limit)
+    return live, Experiments(variants, settings.experiment_salt)

@@ -42,6 +42,10 @@ class Metrics:
                                 ["component"], registry=r)  # fmt: skip
         self.candidates = Histogram("recsys_candidates", "candidates contributed per channel per request",
                                     ["channel"], buckets=CANDIDATE_BUCKETS, registry=r)  # fmt: skip
+        self.variant_requests = Counter("recsys_variant_requests_total", "recommendations per experiment variant",
+                                        ["variant"], registry=r)  # fmt: skip
+        self.events = Counter("recsys_events_total", "events of POST /ml/events by outcome (stored, duplicate)",
+                              ["outcome"], registry=r)  # fmt: skip
         self.version_switches = Counter("recsys_version_switches_total", "hot switches to a new published version",
                                         ["component"], registry=r)  # fmt: skip
 

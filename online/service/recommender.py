@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from data_exchange_center import chain
+from data_exchange_center.experiments import DEFAULT_VARIANT, Variant
 from data_exchange_center.feature_spec import combine_features
 from online.backends.base import (
     BackendError,
@@ -41,6 +42,7 @@ from online.backends.base import (
     ProfileStore,
     Scorer,
 )
+from online.service.live_events import Experiments, LiveState
 from online.service.metrics import Metrics
 from online.service.resilience import Deadline, Guard
 
@@ -79,6 +81,7 @@ class Recommendation:
     degraded: list[str]
     known_user: bool
     step_seconds: dict[str, float] = field(default_factory=dict)
+    variant: str = DEFAULT_VARIANT  # the user's experiment variant
 
     def to_json(self) -> dict[str, Any]:
         scores = np.round(self.scores.astype(np.float64), 6).tolist()
@@ -87,6 +90,7 @@ class Recommendation:
             "item_list": [{"itemid": i, "score": s} for i, s in zip(self.items.tolist(), scores, strict=True)],
             "versions": self.versions,
             "degraded": self.degraded,
+            "variant": self.variant,
         }
 
 
@@ -98,6 +102,7 @@ class _Request:
     versions: dict[str, str | None] = field(default_factory=dict)
     degraded: list[str] = field(default_factory=list)
     step_seconds: dict[str, float] = field(default_factory=dict)
+    variant: Variant = field(default_factory=lambda: Variant(DEFAULT_VARIANT, 1.0))
 
     def timed(self, step: str, fn: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -108,13 +113,22 @@ class _Request:
 
 
 class Recommender:
-    def __init__(self, backends: Backends, guards: dict[str, Guard], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        backends: Backends,
+        guards: dict[str, Guard],
+        metrics: Metrics,
+        live: LiveState | None = None,
+        experiments: Experiments | None = None,
+    ) -> None:
         self.backends = backends
         self.guards = guards
         self.metrics = metrics
+        self.live = live  # the event log: the user's events on top of the published profile
+        self.experiments = experiments or Experiments.none()
 
     def recommend(self, userid: int, size: int, deadline: Deadline) -> Recommendation:
-        req = _Request(userid, size, deadline)
+        req = _Request(userid, size, deadline, variant=self.experiments.variant_of(userid))
         user = req.timed("fetch_user_profile", lambda: self.fetch_user_profile(req))
         candidates, params = req.timed("recall_candidates", lambda: self.recall_candidates(req, user))
         features = req.timed("fetch_features", lambda: self.fetch_features(req, candidates.items))
@@ -122,20 +136,30 @@ class Recommender:
         items, scores = req.timed("rank_and_filter", lambda: self.rank_and_filter(req, candidates, like, params))
         self._observe(req, candidates)
         known = user is not None
-        return Recommendation(userid, items, scores, req.versions, req.degraded, known, req.step_seconds)
+        return Recommendation(
+            userid, items, scores, req.versions, req.degraded, known, req.step_seconds, req.variant.name
+        )
 
     # -- the steps ------------------------------------------------------------------------------------
     def fetch_user_profile(self, req: _Request) -> chain.UserState | None:
-        """The user's recall state; None for an unknown user (or when the store is down)."""
+        """The user's recall state: the published profile with the user's live events applied; None for
+        an unknown user without events (or when the store is down and there are none)."""
         store = self.backends.profiles
         try:
             state, version = self.guards["profile"].call(req.deadline, lambda t: store.fetch(req.userid, t))
         except BackendError:
             req.degraded.append("profile")
-            req.versions["users"] = None
-            return None
+            state, version = None, None
         req.versions["users"] = version
-        return state
+        return self.apply_live_events(req, state)
+
+    def apply_live_events(self, req: _Request, state: chain.UserState | None) -> chain.UserState | None:
+        if self.live is None:
+            return state
+        result = self.live.apply(req.userid, state, req.deadline, req.variant.live_events)
+        if result.degraded:
+            req.degraded.append("events")
+        return result.state
 
     def recall_candidates(
         self, req: _Request, user: chain.UserState | None
@@ -146,22 +170,22 @@ class Recommender:
         try:
             snapshot = primary.current()
             results, i2i_all = self.guards["item_index"].call(
-                req.deadline, lambda t: self._recall(snapshot, primary.bind(snapshot, t), state, req.size)
+                req.deadline, lambda t: self._recall(snapshot, primary.bind(snapshot, t), state, req)
             )
         except (BackendError, NotLoaded):
             if fallback is None:
                 raise
             req.degraded.append("item_index")
             snapshot = fallback.current()
-            results, i2i_all = self._recall(snapshot, snapshot.index, state, req.size)
+            results, i2i_all = self._recall(snapshot, snapshot.index, state, req)
         req.versions["items"] = snapshot.version
         return chain.merge_candidates(results, *i2i_all), snapshot.params.policy
 
     @staticmethod
-    def _recall(snapshot: IndexSnapshot, index: chain.ItemIndexLike, user: chain.UserState, size: int) -> Any:
+    def _recall(snapshot: IndexSnapshot, index: chain.ItemIndexLike, user: chain.UserState, req: _Request) -> Any:
         quotas = dict(snapshot.params.quotas)
-        quotas["popularity"] = max(quotas.get("popularity", 0), size)  # a cold user still gets `size` items
-        return chain.recall_channels(index, user, quotas, snapshot.params.max_triggers)
+        quotas["popularity"] = max(quotas.get("popularity", 0), req.size)  # a cold user still gets `size` items
+        return chain.recall_channels(index, user, quotas, req.variant.max_triggers(snapshot.params.max_triggers))
 
     def fetch_features(self, req: _Request, items: np.ndarray) -> Encoded:
         """Model inputs: the user's row broadcast over the candidates' cached item rows."""
@@ -218,7 +242,7 @@ class Recommender:
         self, req: _Request, candidates: chain.Candidates, like: np.ndarray, policy: chain.RankingPolicy
     ) -> tuple[np.ndarray, np.ndarray]:
         """Final scores (watch x like), the ``size`` best."""
-        scores = chain.final_scores(candidates, like, policy)
+        scores = chain.final_scores(candidates, like, req.variant.policy(policy))
         return chain.rank_and_cut(candidates, scores, req.size)
 
     def _observe(self, req: _Request, candidates: chain.Candidates) -> None:
@@ -229,3 +253,4 @@ class Recommender:
             child("candidates", channel).observe(count)
         for component in req.degraded:
             child("degraded", component).inc()
+        child("variant_requests", req.variant.name).inc()

@@ -12,6 +12,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from online.service.errors import HTTP_CODES, ServiceError, Unauthorized, UnsupportedMediaType
+from online.service.event_routes import MAX_EVENTS_BODY_BYTES, register_event_routes
 from online.service.observability import REQUEST_ID_HEADER, request_id_from
 from online.service.service import RecService
 from online.service.validation import parse_rec_request
@@ -53,6 +54,8 @@ def register_routes(app: Flask, service: RecService) -> None:
         rec = service.recommend(req.userid, req.size)
         g.degraded = rec.degraded
         return json_response(rec.to_json())
+
+    register_event_routes(app, service, json_response)
 
     @app.get("/health")
     def health() -> Response:
@@ -96,9 +99,12 @@ def _http_message(exc: HTTPException) -> str:
     if exc.code == 405:
         return f"{request.method} is not allowed on {request.path}"
     if exc.code == 404:
-        return f"no route {request.path}; the API is POST /ml/rec, GET /health, GET /ready, GET /metrics"
+        return (
+            f"no route {request.path}; the API is POST /ml/rec, POST /ml/events, GET /health, GET /ready, GET /metrics"
+        )
     if exc.code == 413:
-        return f"the body is larger than {MAX_BODY_BYTES} bytes"
+        limit = MAX_EVENTS_BODY_BYTES if request.path == "/ml/events" else MAX_BODY_BYTES
+        return f"the body is larger than {limit} bytes"
     return exc.description or exc.name
 
 

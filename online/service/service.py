@@ -12,10 +12,13 @@ import threading
 import time
 from typing import Any
 
+from data_exchange_center.events import Event
 from data_exchange_center.settings import Settings
 from online.backends.base import BackendError, Lifecycle, NotLoaded
+from online.backends.event_log import AppendResult
 from online.backends.versions import Refreshing
 from online.service.errors import NotReady, Unavailable
+from online.service.live_events import build_live_feedback, catalogue_of
 from online.service.metrics import Metrics
 from online.service.recommender import Backends, Recommendation, Recommender
 from online.service.registry import build_backends
@@ -67,7 +70,8 @@ class RecService:
         self.metrics = Metrics()
         self.backends: Backends = build_backends(settings, backend_overrides)
         self.guards = {name: self._guard(name) for name in GUARDED}
-        self.recommender = Recommender(self.backends, self.guards, self.metrics)
+        self.live, self.experiments = build_live_feedback(settings, self._guard("events"))
+        self.recommender = Recommender(self.backends, self.guards, self.metrics, self.live, self.experiments)
         for refreshing in self.snapshots():
             refreshing.on_switch = self._on_switch
         self.background = BackgroundRefresh(self.backends.all())
@@ -100,6 +104,13 @@ class RecService:
             raise NotReady(f"the service is not ready: {exc}") from None
         except BackendError as exc:
             raise Unavailable(f"no fallback answered: {exc}") from None
+
+    def ingest_events(self, events: list[Event]) -> AppendResult:
+        """Check the events' items against the live catalogue and store them durably (``POST /ml/events``)."""
+        result = self.live.ingest(events, catalogue_of(self.backends.features, self.backends.index))
+        self.metrics.events.labels("stored").inc(result.n_stored)
+        self.metrics.events.labels("duplicate").inc(result.n_duplicates)
+        return result
 
     def wait_until_loaded(self, timeout_s: float = 120.0) -> None:
         """Block until every snapshot is loaded (tests, tools); ``NotReady`` with the reasons on time-out."""
@@ -148,5 +159,6 @@ class RecService:
 
     def close(self) -> None:
         self.background.stop()
+        self.live.log.close()
         for backend in self.backends.all():
             backend.close()

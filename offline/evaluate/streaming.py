@@ -1,0 +1,127 @@
+"""The streaming protocol offline: the served chain walked over each holdout user's online ratings.
+
+For each selected user (``data_exchange_center.streaming.holdout_walks``) and each online rating in
+time order, the list is computed from the user's state (``static``: the published state; ``live``: the
+published state with the earlier online ratings applied as events by
+``data_exchange_center.events.apply_events``), with the chain steps the service runs
+(``data_exchange_center.chain``) and the exported ONNX ranker on the serving user features. The
+figures are next-item HitRate/NDCG/MRR over the positive ratings, per experiment variant too
+(``data_exchange_center.experiments``): ``online/main/s2_client.py --replay --stream`` walks the
+running service the same way and compares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from data_exchange_center import chain
+from data_exchange_center import schema as S
+from data_exchange_center.artifacts import read_json, read_parquet
+from data_exchange_center.events import apply_events
+from data_exchange_center.experiments import Variant, assign_variant, parse_variants
+from data_exchange_center.feature_spec import FeatureSpec
+from data_exchange_center.item_index import ItemIndex
+from data_exchange_center.paths import ArtifactPaths
+from data_exchange_center.settings import Settings
+from data_exchange_center.streaming import MODES, STREAM_K, UserWalk, holdout_walks, next_item_metrics
+from offline.evaluate.chain_eval import chain_quotas
+from offline.evaluate.channels import UserStates
+from offline.rank.scoring import load_session, score_pairs
+
+USERS_PER_BATCH = 200  # users whose candidates are scored in one ONNX batch (bounds memory)
+
+
+@dataclass
+class StreamTarget:
+    userid: int
+    variant: str
+    target: int
+    candidates: chain.Candidates
+    policy: chain.RankingPolicy
+
+
+def streaming_report(paths: ArtifactPaths, settings: Settings, every: int = 1, k: int = STREAM_K) -> dict[str, Any]:
+    """Static and live next-item figures (overall and per variant) on every ``every``-th holdout user."""
+    samples = read_parquet(paths.samples_path, S.SAMPLES_COLUMNS)
+    walks = holdout_walks(samples, every)
+    variants = parse_variants(settings.experiment_variants)
+    chain_config = read_json(paths.chain_config_path)
+    base_policy = chain.RankingPolicy.from_dict(chain_config)
+    walker = _Walker(paths, chain_quotas(settings), int(chain_config["max_triggers"]), k)
+    report: dict[str, Any] = {"k": k, "every": every, "n_users": len(walks), "variants": [v.name for v in variants]}
+    for mode in MODES:
+        lists, targets, names = walker.walk(walks, mode == "live", variants, base_policy, settings.experiment_salt)
+        report[mode] = next_item_metrics(lists, targets, k)
+        report[mode]["by_variant"] = {
+            v.name: next_item_metrics(
+                [x for x, n in zip(lists, names, strict=True) if n == v.name], targets[np.array(names) == v.name], k
+            )  # fmt: skip
+            for v in variants
+        }
+    static, live = report["static"]["hit_rate"], report["live"]["hit_rate"]
+    report["live_over_static_hit_rate"] = round(live / static, 4) if static else None
+    return report
+
+
+class _Walker:
+    def __init__(self, paths: ArtifactPaths, quotas: dict[str, int], max_triggers: int, k: int) -> None:
+        self.index, self.users = ItemIndex.load(paths), UserStates(paths)
+        self.quotas = {**quotas, "popularity": max(quotas.get("popularity", 0), k)}  # as the service does
+        self.max_triggers, self.k = max_triggers, k
+        self.spec = FeatureSpec.load(paths.feature_spec_path)
+        self.user_features = read_parquet(paths.user_features_path, (S.USER_ID,))
+        self.item_features = read_parquet(paths.item_features_path, (S.ITEM_ID,))
+        self.session = load_session(paths.onnx_path)
+
+    def walk(
+        self, walks: list[UserWalk], live: bool, variants: list[Variant], policy: chain.RankingPolicy, salt: str
+    ) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+        """The list served before every positive step, its target and the user's variant."""
+        lists: list[np.ndarray] = []
+        targets: list[int] = []
+        names: list[str] = []
+        for start in tqdm(range(0, len(walks), USERS_PER_BATCH), desc="live" if live else "static", leave=False):
+            chunk = walks[start : start + USERS_PER_BATCH]
+            batch = [t for w in chunk for t in self._targets(w, live, variants, policy, salt)]
+            lists += self._rank(batch)
+            targets += [t.target for t in batch]
+            names += [t.variant for t in batch]
+        return lists, np.array(targets, dtype=np.int64), names
+
+    def _targets(
+        self, walk: UserWalk, live: bool, variants: list[Variant], policy: chain.RankingPolicy, salt: str
+    ) -> list[StreamTarget]:
+        variant = assign_variant(walk.userid, variants, salt)
+        base = self.users.get(walk.userid)
+        max_triggers = variant.max_triggers(self.max_triggers)
+        out, static_candidates = [], None
+        for step in walk.target_steps.tolist():
+            if live and variant.live_events:
+                state = apply_events(base, walk.items[:step], walk.labels[:step])
+                candidates = self._recall(state, max_triggers)
+            else:  # the same list before every step
+                static_candidates = static_candidates or self._recall(base, max_triggers)
+                candidates = static_candidates
+            out.append(StreamTarget(walk.userid, variant.name, int(walk.items[step]), candidates,
+                                    variant.policy(policy)))  # fmt: skip
+        return out
+
+    def _recall(self, state: chain.UserState, max_triggers: int) -> chain.Candidates:
+        results, i2i_all = chain.recall_channels(self.index, state, self.quotas, max_triggers)
+        return chain.merge_candidates(results, *i2i_all)
+
+    def _rank(self, targets: list[StreamTarget]) -> list[np.ndarray]:
+        if not targets:
+            return []
+        sizes = [len(t.candidates.items) for t in targets]
+        pair_users = np.repeat([t.userid for t in targets], sizes)
+        pair_items = np.concatenate([t.candidates.items for t in targets])
+        like = score_pairs(self.session, self.spec, self.user_features, self.item_features, pair_users, pair_items)
+        out = []
+        for t, probs in zip(targets, np.split(like, np.cumsum(sizes)[:-1]), strict=True):
+            out.append(chain.rank_and_cut(t.candidates, chain.final_scores(t.candidates, probs, t.policy), self.k)[0])
+        return out

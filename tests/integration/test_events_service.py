@@ -1,0 +1,320 @@
+"""POST /ml/events and live state on the embedded profile over tiny published artifacts (Flask test client).
+
+Each test's app gets its own copy of the published data dir, so each has its own event log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+from flask import Flask
+
+from data_exchange_center import chain
+from data_exchange_center import schema as S
+from data_exchange_center.events import Event, StoredEvent, apply_events
+from data_exchange_center.experiments import assign_variant, parse_variants
+from data_exchange_center.feature_spec import FeatureSpec, combine_features
+from data_exchange_center.item_index import ItemIndex
+from data_exchange_center.settings import load_settings
+from online.backends.base import BackendError, ReadyStatus
+from online.backends.event_log import AppendResult
+from online.backends.sqlite_events import SqliteEventLog
+from online.main.s1_server import create_app, service_of
+from scripts.native_servers import REPO_ROOT, free_port
+from tests.fixtures_artifacts import TinyArtifacts
+from tests.online_support import CHAIN_CONFIG, QUOTAS, copy_published, publish_tiny, user_state
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
+    return publish_tiny(tmp_path_factory.mktemp("published"))
+
+
+def make_app(data_dir: Path, **overrides: Any) -> Flask:
+    app = create_app(load_settings({"data_dir": data_dir, "log_level": "WARNING", **overrides}))
+    service_of(app).wait_until_loaded(120)
+    return app
+
+
+@pytest.fixture
+def data_dir(tiny: TinyArtifacts, tmp_path: Path) -> Path:
+    return copy_published(tiny.paths.data_dir, tmp_path / "data")
+
+
+@pytest.fixture
+def app(data_dir: Path) -> Iterator[Flask]:
+    app = make_app(data_dir)
+    yield app
+    service_of(app).close()
+
+
+def post(app: Flask, body: Any, **kwargs: Any) -> Any:
+    return app.test_client().post("/ml/events", json=body, **kwargs)
+
+
+def rec(app: Flask, userid: int, size: int = 10) -> dict[str, Any]:
+    reply = app.test_client().post("/ml/rec", json={"userid": userid, "size": size})
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    return dict(reply.get_json())
+
+
+def items_of(body: dict[str, Any]) -> list[int]:
+    return [e["itemid"] for e in body["item_list"]]
+
+
+def event(userid: int, itemid: int, n: int, rating: float = 5.0) -> dict[str, Any]:
+    return {"userid": userid, "itemid": itemid, "rating": rating, "timestamp": 1_000_000 + n, "event_id": f"t-{n}"}
+
+
+def expected_with_events(tiny: TinyArtifacts, userid: int, items: list[int], labels: list[int], size: int) -> list[int]:
+    """The chain's list from the artifacts with the events applied by the shared function."""
+    paths = tiny.paths
+    state = apply_events(user_state(paths, userid), np.array(items), np.array(labels))
+    quotas = dict(QUOTAS, popularity=max(QUOTAS["popularity"], size))
+    results, i2i_all = chain.recall_channels(ItemIndex.load(paths), state, quotas, int(CHAIN_CONFIG["max_triggers"]))
+    candidates = chain.merge_candidates(results, *i2i_all)
+    spec = FeatureSpec.load(paths.feature_spec_path)
+    users = pd.read_parquet(paths.user_features_path)
+    user_rows = users[users[S.USER_ID] == userid]
+    user_part = spec.encode_users(user_rows) if len(user_rows) else None
+    item_frame = pd.read_parquet(paths.item_features_path).set_index(S.ITEM_ID).loc[candidates.items].reset_index()
+    item_part = spec.encode_items(item_frame)
+    if user_part is None:  # an unknown user: the default row (unknown categories, zero dense values)
+        from online.backends.feature_tables import default_row
+
+        user_part = default_row(spec, "user")
+    sparse, dense = combine_features(user_part, item_part)
+    session = ort.InferenceSession(str(paths.onnx_path), providers=["CPUExecutionProvider"])
+    like = session.run(["score"], {"sparse_ids": sparse, "dense": dense})[0][:, 0]
+    policy = chain.RankingPolicy.from_dict(CHAIN_CONFIG)
+    return chain.rank_and_cut(candidates, chain.final_scores(candidates, like, policy), size)[0].tolist()
+
+
+# --- ingest ---------------------------------------------------------------------------------------------
+def test_a_batch_is_stored_once_and_acknowledged_with_202(app: Flask, tiny: TinyArtifacts) -> None:
+    userid, items = int(tiny.userids[0]), tiny.itemids[:3].tolist()
+    batch = [event(userid, item, n) for n, item in enumerate(items)]
+    first = post(app, batch)
+    assert first.status_code == 202 and first.get_json() == {"accepted": 3, "stored": 3, "duplicates": 0}
+    again = post(app, batch[1:] + [event(userid, items[0], 9)])
+    assert again.get_json() == {"accepted": 3, "stored": 1, "duplicates": 2}
+    stored = service_of(app).live.log.read_user(userid, 0, 100, 1.0)
+    assert [s.event.event_id for s in stored] == ["t-0", "t-1", "t-2", "t-9"]
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'recsys_events_total{outcome="stored"} 4.0' in metrics
+    assert 'recsys_events_total{outcome="duplicate"} 2.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{", 400, "malformed_json"),
+        (b"[]", 400, "invalid_body"),
+        (b'{"userid": 1}', 422, "missing_field"),
+        (b'{"userid": 1, "itemid": 2, "rating": 9, "timestamp": 1, "event_id": "x"}', 422, "invalid_field"),
+        (b'{"userid": 1, "itemid": 2, "rating": 4, "timestamp": 1, "event_id": "x", "a": 1}', 422, "unknown_field"),
+    ],
+)
+def test_bad_bodies_get_a_4xx_json_error_and_store_nothing(app: Flask, body: bytes, status: int, code: str) -> None:
+    reply = app.test_client().post("/ml/events", data=body, content_type="application/json")
+    assert reply.status_code == status and reply.get_json()["error"]["code"] == code
+    assert service_of(app).live.log.read_all() == []
+
+
+def test_an_unknown_item_refuses_the_whole_batch_with_422(app: Flask, tiny: TinyArtifacts) -> None:
+    userid = int(tiny.userids[0])
+    reply = post(app, [event(userid, int(tiny.itemids[0]), 1), event(userid, 10**12, 2)])
+    assert reply.status_code == 422 and reply.get_json()["error"]["code"] == "unknown_item"
+    assert "event 1: itemid 1000000000000" in reply.get_json()["error"]["message"]
+    assert service_of(app).live.log.read_all() == []
+
+
+def test_size_content_type_and_api_key_limits(data_dir: Path, tiny: TinyArtifacts) -> None:
+    app = make_app(data_dir, api_key="s3cret", max_events_per_request=2)
+    ok = event(int(tiny.userids[0]), int(tiny.itemids[0]), 1)
+    assert post(app, ok).status_code == 401
+    headers = {"X-API-Key": "s3cret"}
+    assert post(app, [ok] * 3, headers=headers).get_json()["error"]["message"].startswith("a batch holds at most 2")
+    client = app.test_client()
+    assert client.post("/ml/events", data=b"x", content_type="text/plain", headers=headers).status_code == 415
+    huge = b"[" + b" " * (600 * 1024) + b"]"
+    reply = client.post("/ml/events", data=huge, content_type="application/json", headers=headers)
+    assert reply.status_code == 413 and "524288" in reply.get_json()["error"]["message"]
+    assert post(app, ok, headers=headers).status_code == 202
+    service_of(app).close()
+
+
+# --- live state ------------------------------------------------------------------------------------------
+def test_the_next_list_reflects_the_events_as_the_offline_function_says(app: Flask, tiny: TinyArtifacts) -> None:
+    userid = int(tiny.userids[3])
+    before = rec(app, userid)
+    seen = set(user_state(tiny.paths, userid).seen.tolist())
+    shown = [i for i in items_of(before) if i not in seen][:2]
+    assert post(app, [event(userid, shown[0], 1, 5.0), event(userid, shown[1], 2, 2.0)]).status_code == 202
+    after = rec(app, userid)
+    assert not set(shown) & set(items_of(after))  # the seen filter
+    assert items_of(after) == expected_with_events(tiny, userid, shown, [1, 0], 10)
+    assert items_of(after) != items_of(before)
+
+
+def test_a_new_user_with_events_gets_a_personal_list(app: Flask, tiny: TinyArtifacts) -> None:
+    newcomer = 10**9 + 7
+    cold = items_of(rec(app, newcomer))
+    liked = tiny.itemids[[4, 9]].tolist()
+    assert post(app, [event(newcomer, liked[0], 1), event(newcomer, liked[1], 2)]).status_code == 202
+    warm = items_of(rec(app, newcomer))
+    assert warm != cold and not set(liked) & set(warm)
+    assert warm == expected_with_events(tiny, newcomer, liked, [1, 1], 10)
+
+
+def test_an_event_on_one_worker_is_seen_by_another(data_dir: Path, tiny: TinyArtifacts) -> None:
+    first, second = make_app(data_dir), make_app(data_dir)  # two processes' worth of state on one data dir
+    userid = int(tiny.userids[1])
+    target = items_of(rec(second, userid))[0]
+    assert post(first, event(userid, target, 1)).status_code == 202
+    assert target not in items_of(rec(second, userid))
+    for app in (first, second):
+        service_of(app).close()
+    restarted = make_app(data_dir)  # and after a restart
+    assert target not in items_of(rec(restarted, userid))
+    service_of(restarted).close()
+
+
+class BrokenLog:
+    name = "broken"
+
+    def append(self, events: list[Event]) -> AppendResult:
+        raise BackendError("events", "disk on fire")
+
+    def read_user(self, userid: int, since_seq: int, limit: int, timeout_s: float) -> list[StoredEvent]:
+        raise BackendError("events", "disk on fire")
+
+    def read_all(self, since_seq: int = 0) -> list[StoredEvent]:
+        return []
+
+    def status(self) -> ReadyStatus:
+        return ReadyStatus(False, self.name)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_dead_event_log_degrades_lists_and_refuses_to_acknowledge(app: Flask, tiny: TinyArtifacts) -> None:
+    userid = int(tiny.userids[2])
+    healthy = rec(app, userid)
+    service_of(app).live.log = BrokenLog()
+    body = rec(app, userid)
+    assert body["degraded"] == ["events"] and items_of(body) == items_of(healthy)
+    reply = post(app, event(userid, int(tiny.itemids[0]), 1))
+    assert reply.status_code == 503 and "send them again" in reply.get_json()["error"]["message"]
+
+
+# --- experiments -------------------------------------------------------------------------------------------
+def test_variants_are_stable_returned_and_counted(data_dir: Path, tiny: TinyArtifacts) -> None:
+    spec = "control:1,no_ranker:1:like_weight=0"
+    app = make_app(data_dir, experiment_variants=spec)
+    variants = parse_variants(spec)
+    users = tiny.userids[:12].tolist()
+    got = {u: rec(app, int(u))["variant"] for u in users}
+    assert got == {u: assign_variant(int(u), variants, "recsys").name for u in users}
+    assert set(got.values()) == {"control", "no_ranker"}
+    restarted = make_app(data_dir, experiment_variants=spec)
+    assert {u: rec(restarted, int(u))["variant"] for u in users} == got
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    n_control = list(got.values()).count("control")
+    assert f'recsys_variant_requests_total{{variant="control"}} {float(n_control)}' in metrics
+    for a in (app, restarted):
+        service_of(a).close()
+
+
+def test_a_bad_variant_setting_stops_the_app(data_dir: Path) -> None:
+    from data_exchange_center.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="experiment_variants"):
+        create_app(load_settings({"data_dir": data_dir, "experiment_variants": "a:1:colour=2"}))
+
+
+# --- kill -9 of the service during ingest ----------------------------------------------------------------
+def start_gunicorn(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    env = os.environ | {"RECSYS_DATA_DIR": str(data_dir), "RECSYS_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
+           "online.main.s1_server:create_app()"]  # fmt: skip
+    with log_path.open("ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                                start_new_session=True)  # fmt: skip
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log_path.read_text()[-2000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"not ready: {log_path.read_text()[-2000:]}")
+
+
+def test_kill_9_of_the_service_during_ingest_loses_no_acknowledged_event(
+    data_dir: Path, tiny: TinyArtifacts, tmp_path: Path
+) -> None:
+    port, log_path = free_port(), tmp_path / "server.log"
+    proc = start_gunicorn(data_dir, port, log_path)
+    wait_ready(port, proc, log_path)
+    acked: list[str] = []
+    stop = threading.Event()
+    users, items = tiny.userids.tolist(), tiny.itemids.tolist()
+
+    def ingest() -> None:
+        n = 0
+        while not stop.is_set():
+            batch = [{"userid": int(users[(n + k) % len(users)]), "itemid": int(items[(n + k) % len(items)]),
+                      "rating": 4.0, "timestamp": 1, "event_id": f"k-{n}-{k}"} for k in range(20)]  # fmt: skip
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/ml/events", json.dumps(batch).encode(),
+                                             {"Content-Type": "application/json"})  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, timeout=5) as reply:
+                    if reply.status == 202:
+                        acked.extend(e["event_id"] for e in batch)
+            except OSError:
+                pass
+            n += 1
+
+    threads = [threading.Thread(target=ingest) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    os.killpg(proc.pid, signal.SIGKILL)  # the master and both workers, mid-ingest
+    proc.wait(timeout=10)
+    n_acked = len(acked)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    stored = {s.event.event_id for s in SqliteEventLog(path=data_dir / "events" / "events.sqlite3").read_all()}
+    assert n_acked > 100, "ingest did not run before the kill"
+    missing = set(acked) - stored
+    assert not missing, f"{len(missing)} acknowledged events lost"
+    restarted = start_gunicorn(data_dir, port, log_path)  # and the service comes back on the same log
+    try:
+        wait_ready(port, restarted, log_path)
+    finally:
+        os.killpg(restarted.pid, signal.SIGTERM)
+        restarted.wait(timeout=30)
