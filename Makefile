@@ -38,6 +38,9 @@ SERVICES ?=
 
 PACKAGES := data_exchange_center offline offline_to_online online
 INSTALL_STAMP := $(VENV)/.recsys-installed
+# SKIP_INSTALL=1: run the stages with the environment as it is (tests drive the Makefile this way).
+SKIP_INSTALL ?=
+INSTALL_DEP := $(if $(filter 1 yes,$(SKIP_INSTALL)),,install)
 URL = http://$(HOST):$(PORT)
 GUNICORN = RECSYS_PROFILE=$(PROFILE) RECSYS_HOST=$(HOST) RECSYS_PORT=$(PORT) \
 	$(PYTHON) -m gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --threads $(THREADS) \
@@ -83,7 +86,8 @@ sys.exit(f"{sys.argv[1]}:{sys.argv[2]} is in use: stop that process or run with 
 endef
 export PORT_IS_FREE
 
-.PHONY: help install demo pipeline offline offline-to-online serve test triton-venv lint bench up down clean distclean
+.PHONY: help install demo pipeline offline offline-to-online publish check serve test triton-venv lint bench up down \
+	clean distclean
 
 help: ## list the targets and their settings
 	@echo "Usage: make TARGET [VAR=value ...]"
@@ -122,11 +126,17 @@ demo: install ## install, run the whole pipeline, start the server, ask it for D
 	@echo "Metrics: $(DATA_DIR)/reports/metrics.json"
 	@echo "Report:  $(DATA_DIR)/reports/report.md"
 
-pipeline: install ## run every stage in order: offline, offline_to_online (PROFILE), evaluation report
+pipeline: $(INSTALL_DEP) ## every stage in order: offline, publish (PROFILE), and on embedded the check
 	@$(MAKE) offline
-	@$(MAKE) offline-to-online
+	@$(MAKE) publish
+ifeq ($(PROFILE),compose)
+	@echo "==> published to the compose stores. Next: 'make up' (starts feast, triton and the service),"
+	@echo "    then 'make check PROFILE=compose' (Triton scores what PyTorch scored)."
+else
+	@$(MAKE) check
+endif
 
-offline: install ## offline stages: fetch (DATASET, RAW_DIR), split, terms, recall, features, training, report
+offline: $(INSTALL_DEP) ## offline stages: fetch (DATASET, RAW_DIR), split, terms, recall, features, training, report
 	@echo "==> offline/preprocess/s0_fetch_data ($(DATASET))"
 	$(PYTHON) -m offline.preprocess.s0_fetch_data --dataset $(DATASET) $(if $(RAW_DIR),--raw-dir $(RAW_DIR)) \
 		$(if $(filter yes,$(FALLBACK_SYNTHETIC)),--fallback-synthetic) $(S0_ARGS)
@@ -140,12 +150,18 @@ offline: install ## offline stages: fetch (DATASET, RAW_DIR), split, terms, reca
 	@echo "==> offline/evaluate/s1_topk_report (selects the final-score policy on validation, then evaluates)"
 	$(PYTHON) -m offline.evaluate.s1_topk_report
 
-offline-to-online: install ## publish to the PROFILE's backends and check offline == online scores
+offline-to-online: $(INSTALL_DEP) ## publish, then check offline == online scores (compose: Triton must be up)
+	@$(MAKE) publish
+	@$(MAKE) check
+
+publish: $(INSTALL_DEP) ## publish the artifacts to the PROFILE's stores (users, items, features, model)
 	@echo "==> offline_to_online (--profile $(PROFILE))"
 	$(PYTHON) -m offline_to_online.recall.s1_user_to_redis --profile $(PROFILE)
 	$(PYTHON) -m offline_to_online.recall.s2_item_to_es --profile $(PROFILE)
 	$(PYTHON) -m offline_to_online.rank.s1_feature_to_feast --profile $(PROFILE)
 	$(PYTHON) -m offline_to_online.rank.s2_model_to_triton --profile $(PROFILE)
+
+check: $(INSTALL_DEP) ## the published ranker scores what PyTorch scored (ONNX Runtime; Triton on compose)
 	$(PYTHON) -m offline_to_online.rank.s3_check_offline_and_online --profile $(PROFILE)
 
 serve: install ## run the online service with gunicorn on HOST:PORT (PROFILE, WORKERS, THREADS)

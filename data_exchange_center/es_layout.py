@@ -27,7 +27,7 @@ DOC_FIELDS = (FIELD_ITEMID, FIELD_TERMS, FIELD_VECTOR, FIELD_POPULARITY, FIELD_N
 SIMILARITY = "max_inner_product"  # the vectors were trained with inner-product scores
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 100
-MAX_IDS_PER_QUERY = 10_000  # Elasticsearch's default index.max_terms_count for `ids`/`terms` queries
+NEIGHBOR_SOURCE = (FIELD_ITEMID, FIELD_NEIGHBORS, FIELD_NEIGHBOR_WEIGHTS)  # the fields an `_mget` returns
 
 
 def index_name(alias: str, version: str) -> str:
@@ -94,9 +94,11 @@ def alias_switch_actions(alias: str, new_index: str, old_indexes: Iterable[str])
 
 # --- queries the verification and the online side send ----------------------------------------------
 def _exclude_clause(exclude_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Every excluded id in one ``ids`` query (no cap: an ``ids`` query is one term-set query, not bounded by
+    ``index.max_terms_count``; a cut list would hand seen items back)."""
     if not len(exclude_ids):
         return []
-    return [{"ids": {"values": [str(int(i)) for i in exclude_ids[:MAX_IDS_PER_QUERY]]}}]
+    return [{"ids": {"values": [str(int(i)) for i in exclude_ids]}}]
 
 
 def term_count_query(term: str) -> dict[str, Any]:
@@ -132,8 +134,13 @@ def knn_query(
 
 
 def neighbors_mget(itemids: Sequence[int]) -> dict[str, Any]:
-    """Body of ``_mget``: the neighbour lists of trigger items."""
-    return {"ids": [str(int(i)) for i in itemids], "_source": [FIELD_ITEMID, FIELD_NEIGHBORS, FIELD_NEIGHBOR_WEIGHTS]}
+    """The neighbour lists of trigger items: keyword arguments of ``Elasticsearch.mget`` (besides ``index``).
+
+    ``ids`` goes into the request body (the server's multi-get body accepts only ``docs`` or ``ids`` at its
+    top level); ``source`` is sent as the ``_source`` query parameter:
+    ``GET /{index}/_mget?_source=itemid,neighbors,neighbor_weights`` with body ``{"ids": ["5", "8"]}``.
+    """
+    return {"ids": [str(int(i)) for i in itemids], "source": list(NEIGHBOR_SOURCE)}
 
 
 def popularity_query(size: int, exclude_ids: Sequence[int] = ()) -> dict[str, Any]:

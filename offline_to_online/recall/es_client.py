@@ -19,6 +19,10 @@ from data_exchange_center.settings import Settings
 from offline_to_online.common import BackendUnavailable, PublishVerificationError, redact_url, retry_startup
 
 REQUEST_TIMEOUT_S = 60.0
+# A force-merge to one segment rewrites the whole HNSW graph: minutes on a large catalogue or a busy
+# node. It gets its own timeout (and no client retry, which would start a second merge) so that a slow
+# merge neither aborts the publish at the 60 s of the other requests nor leaves an orphan index.
+FORCEMERGE_TIMEOUT_S = 1800.0
 BULK_CHUNK = 500
 ES_HINT = (
     "check that Elasticsearch runs there (make up SERVICES=elasticsearch), RECSYS_ES_URL, and for TLS "
@@ -57,8 +61,9 @@ def connect_es(settings: Settings, attempts: int = 5) -> Elasticsearch:
 class ElasticsearchApi:
     """``EsApi`` on a real client: one request per method, the bodies passed through unchanged."""
 
-    def __init__(self, client: Elasticsearch) -> None:
+    def __init__(self, client: Elasticsearch, forcemerge_timeout_s: float = FORCEMERGE_TIMEOUT_S) -> None:
         self.client = client
+        self.forcemerge_timeout_s = forcemerge_timeout_s
 
     def index_exists(self, name: str) -> bool:
         return bool(self.client.indices.exists(index=name))
@@ -91,7 +96,8 @@ class ElasticsearchApi:
 
     def refresh_and_merge(self, name: str) -> None:
         self.client.indices.refresh(index=name)
-        self.client.indices.forcemerge(index=name, max_num_segments=1)
+        merging = self.client.options(request_timeout=self.forcemerge_timeout_s, max_retries=0)
+        merging.indices.forcemerge(index=name, max_num_segments=1, wait_for_completion=True)
         self.client.indices.refresh(index=name)
 
     def count(self, name: str, body: dict[str, Any] | None) -> int:

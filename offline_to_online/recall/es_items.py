@@ -2,13 +2,17 @@
 
 1. refuse a concrete index that carries the alias' name; note which indexes hold the alias now;
 2. create ``{alias}-{version}`` with the explicit mapping (refresh off), bulk-load every item;
-3. turn refresh on, refresh, force-merge to one segment (an exact-as-possible HNSW graph);
+3. turn refresh on, refresh, force-merge to one segment (an exact-as-possible HNSW graph; the merge
+   has its own, longer timeout: ``es_client.FORCEMERGE_TIMEOUT_S``);
 4. verify the new index: document count, the hit count of a term query per term, and the kNN
    neighbour of sampled items' own vectors against the exact maximum-inner-product neighbour;
 5. move the alias in one ``_aliases`` call (remove from the old, add to the new);
-6. delete every other ``{alias}-*`` index (also what an interrupted run left).
+6. delete every other ``{alias}-*`` index except the ones the alias left (the previous version:
+   a service that resolved the alias a moment ago still reads it, and a rollback switches back to
+   it); those go at the next publish, and so does whatever an interrupted run left.
 
-A failed verification deletes the new index and leaves the alias where it was. Every request body
+Any failure after the new index was created (the bulk load, the refresh or force-merge, a timeout, a
+failed verification) deletes the new index and leaves the alias where it was. Every request body
 comes from a pure function (``data_exchange_center.es_layout`` and ``item_documents`` below); the
 calls go through ``EsApi``, this stage's own small interface over the client.
 """
@@ -105,29 +109,37 @@ def publish_items_to_es(
             f"a concrete index is named {alias!r}, so it cannot be an alias: delete it or set RECSYS_ES_INDEX_ALIAS"
         )
     previous = api.alias_holders(alias)
-    build_index(api, source, index, progress, E.index_meta(version, chain or {}))
+    api.create_index(index, E.index_settings(), E.index_mapping(source.vector_dim, E.index_meta(version, chain or {})))
     try:
+        build_index(api, source, index, progress)
         term_counts = verify_index(api, source, index)
         agreement = verify_knn(api, source, index, n_knn_sample, min_knn_agreement)
-    except PublishVerificationError:
-        api.delete_index(index)
+    except BaseException:  # also a timeout, a lost connection or Ctrl-C: no orphan index stays behind
+        delete_quietly(api, index)
         raise
     api.update_aliases(E.alias_switch_actions(alias, index, previous))
-    deleted = [name for name in api.list_indexes(E.index_pattern(alias)) if name != index]
+    deleted = [name for name in api.list_indexes(E.index_pattern(alias)) if name not in (index, *previous)]
     for name in deleted:
         api.delete_index(name)
     log.info("Elasticsearch: alias %s -> %s (was %s), %d items", alias, index, previous, source.n_items)
     return EsPublishReport(version, index, alias, previous, source.n_items, term_counts, agreement, deleted)
 
 
-def build_index(api: EsApi, source: ItemSource, index: str, progress: bool, meta: dict[str, Any]) -> None:
-    api.create_index(index, E.index_settings(), E.index_mapping(source.vector_dim, meta))
+def build_index(api: EsApi, source: ItemSource, index: str, progress: bool) -> None:
+    """Load every item into the (created, empty) ``index``, turn refresh on, refresh and force-merge."""
     n_indexed = api.bulk(bulk_actions(source, index), source.n_items, progress)
     if n_indexed != source.n_items:
-        api.delete_index(index)
         raise PublishVerificationError(f"bulk load into {index} indexed {n_indexed} of {source.n_items} items")
     api.put_settings(index, E.refresh_settings())
     api.refresh_and_merge(index)
+
+
+def delete_quietly(api: EsApi, index: str) -> None:
+    """Delete the index of a failed publish; a failure to do so is logged (the next publish removes it)."""
+    try:
+        api.delete_index(index)
+    except Exception as exc:
+        log.warning("could not delete %s after the failed publish (%s); the next publish removes it", index, exc)
 
 
 def verify_index(api: EsApi, source: ItemSource, index: str) -> dict[str, int]:

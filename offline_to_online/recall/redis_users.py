@@ -4,7 +4,9 @@
 2. write one hash per user with pipelined HSETs (batches, progress bar);
 3. mark the meta ``complete``, then read every key's existence and a sample of users back;
 4. switch ``{ns}:users:current`` to the new version (one SET): readers move over at once;
-5. delete every other version's keys with SCAN + UNLINK in batches (also what an interrupted run left).
+5. delete the keys of every other version but the previous one with SCAN + UNLINK in batches (also
+   what an interrupted run left). The previous version stays: a reader that cached the pointer a
+   moment ago still finds its users, and ``offline_to_online/s4_rollback.py`` can switch back to it.
 
 A run killed at any point leaves the pointer on the previous version, whose keys nothing touched;
 the next run writes a fresh version and removes the leftovers in step 5.
@@ -81,7 +83,7 @@ def publish_users_to_redis(
         write_meta(client, namespace, version, source, R.STATE_COMPLETE)
         n_verified = verify_users(client, source, namespace, version, n_verify)
         client.set(R.pointer_key(namespace), version)
-        deleted = delete_versions(client, namespace, keep={version})
+        deleted = delete_versions(client, namespace, keep={version, previous} - {None})  # type: ignore[arg-type]
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise BackendUnavailable(
             "Redis", _address(client), exc, "the publish stopped; the previous version still serves; re-run it"

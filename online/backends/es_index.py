@@ -31,7 +31,9 @@ from online.backends.versions import Refreshing
 class EsApi(Protocol):
     def search(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]: ...
 
-    def mget(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]: ...
+    def mget(self, index: str, request: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+        """``request``: keyword arguments of ``Elasticsearch.mget`` (``es_layout.neighbors_mget``)."""
+        ...
 
     def alias_target(self, alias: str, timeout_s: float) -> str | None: ...
 
@@ -53,8 +55,8 @@ class ElasticsearchApi:
         reply = self.client.options(request_timeout=timeout_s).search(index=index, body=body)
         return list(reply["hits"]["hits"])
 
-    def mget(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
-        return list(self.client.options(request_timeout=timeout_s).mget(index=index, body=body)["docs"])
+    def mget(self, index: str, request: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+        return list(self.client.options(request_timeout=timeout_s).mget(index=index, **request)["docs"])
 
     def index_meta(self, index: str, timeout_s: float) -> dict[str, Any]:
         reply = self.client.options(request_timeout=timeout_s).indices.get_mapping(index=index).body

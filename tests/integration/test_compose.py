@@ -273,6 +273,8 @@ def test_feast_serves_the_generated_repository(services: dict[str, dict[str, Any
     assert command[0] == "feast" and "serve" in command
     assert option_value(command, "-h") == "0.0.0.0"
     assert option_value(command, "-p") == "6566"  # RECSYS_FEAST_URL http://127.0.0.1:6566
+    # Feast 0.67 defaults to one worker recycled every ~1,000 requests: both are set explicitly
+    assert int(option_value(command, "--workers")) >= 2 and option_value(command, "--max-requests") == "0"
     repo_mount = mount_at(feast, option_value(command, "-c"))
     assert repo_mount["source"] == str(DATA_DIR / "feature_repo")
     assert repo_mount["read_only"] is True

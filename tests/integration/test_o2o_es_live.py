@@ -47,7 +47,7 @@ def test_publish_twice_switches_the_alias_and_answers_queries(settings: Settings
         assert api.count(alias, E.term_count_query(term)) == n
     hits = api.search(alias, E.term_recall_query(["Comedy", "Drama"], size=5, exclude_ids=[int(tiny.itemids[0])]))
     assert hits and all(h["_source"]["itemid"] != int(tiny.itemids[0]) for h in hits)
-    docs = api.client.mget(index=alias, body=E.neighbors_mget(tiny.itemids[:2].tolist()))["docs"]
+    docs = api.client.mget(index=alias, **E.neighbors_mget(tiny.itemids[:2].tolist()))["docs"]
     assert [d["_source"]["neighbors"] for d in docs] == [n.tolist() for n in source.neighbors[:2]]
 
 

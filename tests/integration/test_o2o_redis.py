@@ -71,11 +71,13 @@ def test_publish_reads_back_every_user_and_a_rerun_replaces_the_version(
     assert read_live_user(client, namespace, 999_999) is None
 
     second = publish_users_to_redis(client, source, namespace, progress=False)
-    assert second.previous == first.version and second.deleted == {first.version: source.n_users + 1}
+    assert second.previous == first.version and second.deleted == {}  # the previous version stays
+    third = publish_users_to_redis(client, source, namespace, progress=False)
+    assert third.previous == second.version and third.deleted == {first.version: source.n_users + 1}
     keys = namespace_keys(client, namespace)
     assert not any(key.startswith(R.version_prefix(namespace, first.version)) for key in keys)
-    assert len(keys) == source.n_users + 3  # users + meta + pointer + versions set
-    assert members(client, R.versions_key(namespace)) == {second.version.encode()}
+    assert len(keys) == 2 * (source.n_users + 1) + 2  # two versions' users + meta, pointer, versions set
+    assert members(client, R.versions_key(namespace)) == {second.version.encode(), third.version.encode()}
 
 
 def test_stage_command_publishes_to_redis_and_embedded(
@@ -126,9 +128,9 @@ def test_interrupted_publish_leaves_the_previous_version_serving(
     assert compare_records(source.record(5), read_live_user(client, namespace, int(source.userids[5]))) is None
 
     after = publish_users_to_redis(client, source, namespace, progress=False)
-    assert after.previous == before.version and set(after.deleted) == {before.version, interrupted}
-    assert members(client, R.versions_key(namespace)) == {after.version.encode()}
-    assert len(namespace_keys(client, namespace)) == source.n_users + 3
+    assert after.previous == before.version and set(after.deleted) == {interrupted}  # the previous one stays
+    assert members(client, R.versions_key(namespace)) == {before.version.encode(), after.version.encode()}
+    assert len(namespace_keys(client, namespace)) == 2 * (source.n_users + 1) + 2
 
 
 def stop_when_half_written(

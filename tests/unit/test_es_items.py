@@ -17,12 +17,13 @@ from pydantic import SecretStr
 
 from data_exchange_center import es_layout as E
 from data_exchange_center.artifacts import ArtifactError
+from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.settings import load_settings
 from offline_to_online.common import PublishVerificationError
 from offline_to_online.recall.es_client import es_client_options
 from offline_to_online.recall.es_items import bulk_actions, publish_items_to_es
 from offline_to_online.recall.item_source import ItemSource, load_item_source
-from online.backends.es_index import EsItemIndex
+from online.backends.es_index import EsIndex, EsItemIndex
 from tests.fixtures_artifacts import write_tiny_artifacts
 
 pytestmark = pytest.mark.unit
@@ -135,7 +136,7 @@ def test_query_bodies_are_golden() -> None:
         "sort": [{"_score": "desc"}, {"popularity": "desc"}, {"itemid": "asc"}],
         "_source": ["itemid", "popularity"],
     }
-    assert E.neighbors_mget([5, 8]) == {"ids": ["5", "8"], "_source": ["itemid", "neighbors", "neighbor_weights"]}
+    assert E.neighbors_mget([5, 8]) == {"ids": ["5", "8"], "source": ["itemid", "neighbors", "neighbor_weights"]}
     assert E.popularity_query(1, [3])["query"] == {
         "bool": {"must": [{"match_all": {}}], "must_not": [{"ids": {"values": ["3"]}}]}
     }
@@ -246,8 +247,11 @@ def test_publish_builds_verifies_switches_and_cleans_up(tmp_path: Path) -> None:
     assert api.aliases["items"] == {new} and first.knn_agreement == 1.0
     assert first.term_counts == source.term_counts() and sum(first.term_counts.values()) > 0
     second = publish_items_to_es(api, source, "items", progress=False)
-    assert second.previous_indexes == [new] and second.deleted == [new]
-    assert api.aliases["items"] == {second.index} and list(api.indexes) == [second.index]
+    # the previous index stays (a service that resolved the alias a moment ago still reads it; rollback)
+    assert second.previous_indexes == [new] and second.deleted == []
+    assert api.aliases["items"] == {second.index} and sorted(api.indexes) == sorted([new, second.index])
+    third = publish_items_to_es(api, source, "items", progress=False)  # older ones go at a later publish
+    assert third.deleted == [new] and sorted(api.indexes) == sorted([second.index, third.index])
 
 
 def test_a_wrong_term_count_keeps_the_alias_and_drops_the_new_index(tmp_path: Path) -> None:
@@ -258,6 +262,23 @@ def test_a_wrong_term_count_keeps_the_alias_and_drops_the_new_index(tmp_path: Pa
     with pytest.raises(PublishVerificationError, match="term 'Drama' matches"):
         publish_items_to_es(api, source, "items", progress=False)
     assert api.aliases["items"] == {live.index} and list(api.indexes) == [live.index]
+
+
+@pytest.mark.parametrize("failure", ["merge timeout", "bulk connection lost", "interrupted"])
+def test_a_failed_build_deletes_the_new_index_and_keeps_the_alias(tmp_path: Path, failure: str) -> None:
+    source = load_item_source(write_tiny_artifacts(tmp_path).paths)
+    api = FakeEsApi()
+    live = publish_items_to_es(api, source, "items", progress=False)
+    error: BaseException = {"merge timeout": TimeoutError("forcemerge timed out"),
+                            "bulk connection lost": ConnectionError("reset by peer"),
+                            "interrupted": KeyboardInterrupt()}[failure]  # fmt: skip
+    if failure == "merge timeout":
+        api.refresh_and_merge = lambda name: (_ for _ in ()).throw(error)  # type: ignore[method-assign]
+    else:
+        api.bulk = lambda *args: (_ for _ in ()).throw(error)  # type: ignore[method-assign]
+    with pytest.raises(type(error)):
+        publish_items_to_es(api, source, "items", progress=False)
+    assert api.aliases["items"] == {live.index} and list(api.indexes) == [live.index]  # no orphan index
 
 
 def test_a_knn_that_misses_the_best_item_is_refused(tmp_path: Path) -> None:
@@ -309,3 +330,67 @@ def test_the_es_adapter_takes_version_and_chain_parameters_from_the_index(tmp_pa
     unversioned = EsItemIndex(settings, api=MetaOnlyEsApi({}))  # an index published without _meta
     with pytest.raises(ArtifactError, match="the _meta of index recsys_items-old"):
         unversioned._snapshot_of("recsys_items-old")
+
+
+# --- exclusions are never cut -------------------------------------------------------------------------------
+class BodyInterpretingEsApi:
+    """The online ``EsApi`` answered from an in-process ``ItemIndex`` by reading what each body asks for:
+    the exclusions it carries, not the ones the caller meant (so a cut list shows)."""
+
+    def __init__(self, index: ItemIndex) -> None:
+        self.index = index
+
+    def search(self, index: str, body: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+        knn = body.get("knn")
+        query = knn.get("filter", {}) if knn else body["query"]
+        clauses = query.get("bool", {}).get("must_not", [])
+        excluded = np.array([int(i) for c in clauses for i in c["ids"]["values"]], np.int64)
+        if knn:
+            items, scores = self.index.search_vector(np.array(knn["query_vector"], np.float32), knn["k"], excluded)
+            pairs = zip(items, scores, strict=True)
+            return [{"_source": {"itemid": int(i)}, "_score": float(s) + 1.0} for i, s in pairs]
+        should = body["query"]["bool"].get("should")
+        if should:
+            terms = [c["constant_score"]["filter"]["term"]["terms"] for c in should]
+            items, scores = self.index.search_terms(terms, body["size"], excluded)
+        else:
+            items, scores = self.index.search_popular(body["size"], excluded)
+        return [{"_source": {"itemid": int(i), "popularity": float(s)}} for i, s in zip(items, scores, strict=True)]
+
+    def mget(self, index: str, request: dict[str, Any], timeout_s: float) -> list[dict[str, Any]]:
+        raise AssertionError("not used here")
+
+    def alias_target(self, alias: str, timeout_s: float) -> str | None:
+        return None
+
+    def index_meta(self, index: str, timeout_s: float) -> dict[str, Any]:
+        return {}
+
+
+def test_a_user_with_20000_seen_items_gets_the_embedded_answers(tmp_path: Path) -> None:
+    n_items, n_seen, dim = 20_100, 20_000, 4
+    rng = np.random.default_rng(3)
+    ids = np.arange(1, n_items + 1, dtype=np.int64) * 2
+    vectors = rng.normal(size=(n_items, dim)).astype(np.float32)
+    vectors[:, 0] += np.linspace(0, 3, n_items, dtype=np.float32)  # later (higher) ids score higher
+    local = ItemIndex(
+        item_ids=ids,
+        popularity=np.linspace(1, 100, n_items).astype(np.float32),  # the most popular items have the highest ids
+        term_names=["Drama"],
+        term_flags=np.ones((n_items, 1), dtype=bool),
+        vector_ids=ids,
+        vectors=vectors,
+        neighbor_items=np.full((n_items, 1), -1, np.int64),
+        neighbor_weights=np.zeros((n_items, 1), np.float32),
+    )
+    seen = ids[:n_seen]  # sorted by id, like the published seen lists
+    es = EsIndex(BodyInterpretingEsApi(local), "items-v1", 1.0)
+    query = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    for got, want in [
+        (es.search_popular(50, seen), local.search_popular(50, seen)),
+        (es.search_terms(["Drama"], 50, seen), local.search_terms(["Drama"], 50, seen)),
+        (es.search_vector(query, 50, seen), local.search_vector(query, 50, seen)),
+    ]:
+        assert got[0].tolist() == want[0].tolist() and len(got[0]) == 50
+        assert not np.isin(got[0], seen).any()
+    assert len(E.popularity_query(50, seen.tolist())["query"]["bool"]["must_not"][0]["ids"]["values"]) == n_seen
