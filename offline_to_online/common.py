@@ -161,6 +161,24 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
+ROLE_SETTING = {role: f"RECSYS_{role.upper()}_BACKEND" for role in ("profiles", "index", "features", "scorer")}
+
+
+def served_by(settings: Settings, role: str, server: str, stage: str, instead: str) -> bool:
+    """True when ``role`` is served by a backend of kind ``server``; else log that the stage skips it.
+
+    A role's backend is ``settings.backend_of(role)`` (``RECSYS_<ROLE>_BACKEND``, else the profile's
+    preset): a deployment without, say, Elasticsearch is the setting ``RECSYS_INDEX_BACKEND=local``, and
+    the stage then publishes ``instead`` and says so in one line rather than failing.
+    """
+    backend = settings.backend_of(role)
+    if backend.startswith(server):
+        return True
+    log.info("%s: %s skipped: the %s role is served by %r (%s); %s",
+             stage, server, role, backend, ROLE_SETTING[role], instead)  # fmt: skip
+    return False
+
+
 def redact_url(url: str) -> str:
     """``redis://:secret@host:6379/0`` -> ``redis://***@host:6379/0`` (for messages and logs)."""
     scheme, sep, rest = url.partition("://")

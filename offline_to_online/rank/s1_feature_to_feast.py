@@ -6,6 +6,8 @@ materializes it with Feast's Python API and reads sampled entities back.
 --profile embedded: SQLite online store inside the repository (data/online_store.db).
 --profile compose: Redis online store; this process writes through RECSYS_REDIS_URL, and the yaml
 names --server-redis-url, the address at which the Feast feature server reaches the same Redis.
+The features role's backend decides (RECSYS_FEATURES_BACKEND=local|feast-redis|feast-server, else the
+profile's preset): with local, the Redis online store is skipped with a log line (SQLite instead).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import redis
 
 from data_exchange_center.online_layout import FEAST_PROJECT
 from data_exchange_center.settings import Settings
-from offline_to_online.common import BackendUnavailable, redact_url, run_stage, stage_parser
+from offline_to_online.common import BackendUnavailable, redact_url, run_stage, served_by, stage_parser
 from offline_to_online.rank.feast_publish import FeastPublishReport, prepare_sources, publish_features
 from offline_to_online.recall.redis_users import REDIS_HINT, connect_redis
 
@@ -31,7 +33,7 @@ def feature_to_feast(
 ) -> FeastPublishReport:
     """Check the rank artifacts against the spec, then generate, apply, materialize and verify."""
     prepared = prepare_sources(settings.paths)  # checked before anything is written
-    if settings.profile == "embedded":
+    if not served_by(settings, "features", "feast-", "s1_feature_to_feast", "publishing to Feast's SQLite store"):
         return publish_features(settings.paths, prepared, yaml_redis_url=None, store_redis_url=None, project=project)
     connect_redis(settings.redis_url, attempts=connect_attempts).close()
     try:

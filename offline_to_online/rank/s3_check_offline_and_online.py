@@ -3,7 +3,8 @@
 Scores at least 1,000 rows of rank/test.parquet (those of rank/model/reference_scores.parquet, the
 PyTorch scores written by training) with ONNX Runtime on the published model
 (model_repository/ml_rec/<latest>/model.onnx) and, when a Triton URL is given (--triton-url, or
-RECSYS_TRITON_URL with --profile compose), with Triton over gRPC (and over HTTP with
+RECSYS_TRITON_URL when the scorer role is triton: --profile compose, or RECSYS_SCORER_BACKEND=triton),
+with Triton over gRPC (and over HTTP with
 --triton-http-url). Prints a table; exits 4 if any score differs from PyTorch's by more than 1e-5.
 """
 
@@ -17,7 +18,7 @@ from data_exchange_center.artifacts import ArtifactError
 from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.online_layout import latest_model_path
 from data_exchange_center.settings import Settings
-from offline_to_online.common import PublishVerificationError, run_stage, stage_parser
+from offline_to_online.common import PublishVerificationError, run_stage, served_by, stage_parser
 from offline_to_online.rank.score_check import (
     MIN_ROWS,
     TOLERANCE,
@@ -48,7 +49,10 @@ def check_offline_and_online(
         raise ArtifactError(f"no published model under {paths.model_repository_dir}: run s2_model_to_triton first")
     rows = load_check_rows(paths, spec, n_rows)
     scorers = {f"onnxruntime ({model_path.parent.name}/model.onnx)": onnxruntime_scorer(model_path)}
-    grpc_url = triton_url or (settings.triton_url if settings.profile == "compose" else None)
+    checks_triton = triton_url is None and served_by(
+        settings, "scorer", "triton", "s3_check_offline_and_online", "checking ONNX Runtime only"
+    )
+    grpc_url = triton_url or (settings.triton_url if checks_triton else None)
     if grpc_url:
         scorers[f"triton grpc {grpc_url}"] = triton_scorer(grpc_url, "grpc", connect_attempts)
     if triton_http_url:

@@ -3,6 +3,8 @@
 Reads preprocess/user_profiles.parquet, recall/user_seen.parquet and recall/user_vectors.npz.
 --profile compose: Redis at RECSYS_REDIS_URL, keys under RECSYS_REDIS_NAMESPACE (one hash per user).
 --profile embedded: a version folder under online/users/ and its CURRENT pointer.
+The profiles role's backend decides (RECSYS_PROFILES_BACKEND=local|redis, else the profile's preset):
+with local, Redis is skipped with a log line and the in-process store is published.
 The layout is specified in data_exchange_center/ONLINE_STORE_FORMAT.md.
 """
 
@@ -12,7 +14,7 @@ import sys
 
 from data_exchange_center.online_layout import users_store_dir
 from data_exchange_center.settings import Settings
-from offline_to_online.common import run_stage, stage_parser
+from offline_to_online.common import run_stage, served_by, stage_parser
 from offline_to_online.recall.embedded_users import EmbeddedPublishReport, publish_users_embedded
 from offline_to_online.recall.redis_users import (
     BATCH_SIZE,
@@ -28,7 +30,7 @@ def user_to_redis(
 ) -> RedisPublishReport | EmbeddedPublishReport:
     """Check the user artifacts, then publish them to the profile's store; returns what was published."""
     source = load_user_source(settings.paths)  # checked before anything is written
-    if settings.profile == "embedded":
+    if not served_by(settings, "profiles", "redis", "s1_user_to_redis", "publishing the in-process store"):
         return publish_users_embedded(users_store_dir(settings.paths), source)
     client = connect_redis(settings.redis_url, attempts=connect_attempts)
     return publish_users_to_redis(client, source, settings.redis_namespace, batch_size=batch_size, progress=progress)

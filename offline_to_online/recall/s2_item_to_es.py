@@ -8,6 +8,8 @@ profile serves from it, the compose profile falls back to it.
 --profile compose: also Elasticsearch at RECSYS_ES_URL, a new index of the same version behind the
 alias RECSYS_ES_INDEX_ALIAS (credentials and TLS from RECSYS_ES_* settings), the chain parameters in
 the index mapping's _meta; the folder goes live only after the alias has moved.
+The index role's backend decides (RECSYS_INDEX_BACKEND=local|elasticsearch, else the profile's preset):
+with local, Elasticsearch is skipped with a log line.
 The mapping and alias scheme are specified in data_exchange_center/ONLINE_STORE_FORMAT.md.
 """
 
@@ -19,7 +21,7 @@ import elastic_transport
 
 from data_exchange_center.online_layout import new_version
 from data_exchange_center.settings import Settings
-from offline_to_online.common import BackendUnavailable, redact_url, run_stage, stage_parser
+from offline_to_online.common import BackendUnavailable, redact_url, run_stage, served_by, stage_parser
 from offline_to_online.recall.embedded_items import (
     EmbeddedItemsReport,
     activate_item_version,
@@ -38,7 +40,7 @@ def item_to_es(
     """Check the item artifacts, then publish them to the profile's item index."""
     load_item_source(settings.paths)  # checked before anything is written
     chain = chain_parameters(settings.paths)
-    if settings.profile == "embedded":
+    if not served_by(settings, "index", "elasticsearch", "s2_item_to_es", "publishing the in-process version only"):
         return publish_items_embedded(settings.paths, chain)
     api = ElasticsearchApi(connect_es(settings, attempts=connect_attempts))
     version = new_version()
