@@ -103,8 +103,15 @@ def _to_int(frame: pd.DataFrame, column: int | str, path: Path, first_line: int 
 
 
 def _read_ratings_fast(path: Path, sep: str, header: bool) -> pd.DataFrame:
-    """Four numeric columns (user, item, rating, timestamp) with the C parser; bad lines named."""
+    """Four numeric columns (user, item, rating, timestamp) with the C parser; bad lines named.
+
+    Numbers are parsed straight into numeric columns (memory: 8 bytes a value, ML-32M in about 1 GiB);
+    only when that fails is the file read again as text, to name the first bad line."""
     _require(path)
+    try:
+        return _read_ratings_numeric(path, sep, header)
+    except (pd.errors.ParserError, ValueError, TypeError):
+        pass  # a malformed file: the text reader below says where
     try:
         if sep == "::":
             # '::' splits into empty columns with the fast C parser: fields sit at 0, 2, 4, 6.
@@ -128,6 +135,25 @@ def _read_ratings_fast(path: Path, sep: str, header: bool) -> pd.DataFrame:
         }
     )
     return ratings
+
+
+def _read_ratings_numeric(path: Path, sep: str, header: bool) -> pd.DataFrame:
+    positions = [0, 2, 4, 6] if sep == "::" else [0, 1, 2, 3]
+    dtypes = dict(zip(positions, (np.int64, np.int64, np.float64, np.int64), strict=True))
+    raw = pd.read_csv(
+        path, sep=":" if sep == "::" else sep, header=None, skiprows=1 if header else 0,
+        usecols=positions, dtype=dtypes, engine="c",
+    )  # fmt: skip
+    if raw.isna().to_numpy().any():
+        raise ValueError("missing fields")
+    return pd.DataFrame(
+        {
+            S.USER_ID: raw[positions[0]].to_numpy(),
+            S.ITEM_ID: raw[positions[1]].to_numpy(),
+            S.RATING: raw[positions[2]].to_numpy().astype(np.float32),
+            S.TIMESTAMP: raw[positions[3]].to_numpy(),
+        }
+    )
 
 
 def _split_genres(genres: pd.Series) -> pd.Series:

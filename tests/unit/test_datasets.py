@@ -160,3 +160,29 @@ def test_a_download_with_a_wrong_checksum_is_refused_and_deleted(
     with pytest.raises(DataError, match="checksum mismatch"):
         fetch_dataset("ml-latest-small", ArtifactPaths(tmp_path), opener=opener)
     assert not (tmp_path / "raw" / "ml-latest-small.zip").exists()
+
+
+@pytest.mark.parametrize("dense_max_cells", [10**9, 0], ids=["dense", "candidate-pool"])
+def test_synthetic_sampling_paths_give_the_same_structure(tmp_path: Path, dense_max_cells: int) -> None:
+    """Both samplers: exact counts per user, distinct items per user, a long tail, taste-driven stars."""
+    config = SyntheticConfig(n_users=400, n_items=300, n_ratings=30_000, seed=5, dense_max_cells=dense_max_cells)
+    ratings = read_dataset(generate_synthetic(config, tmp_path), LAYOUT_DAT).ratings
+    counts = ratings.groupby(S.USER_ID).size()
+    assert len(counts) == config.n_users and counts.min() >= 20
+    assert 0.9 * config.n_ratings <= len(ratings) <= config.n_ratings  # heavy users are capped at the catalogue
+    assert not ratings.duplicated([S.USER_ID, S.ITEM_ID]).any()
+    assert (ratings.groupby(S.USER_ID)[S.TIMESTAMP].diff().dropna() > 0).all()  # each timeline increases
+    popularity = ratings[S.ITEM_ID].value_counts()
+    assert popularity.iloc[0] > 3 * popularity.median()
+    assert popularity.index.nunique() > 0.9 * config.n_items  # the tail is reached too
+    assert 3.3 < ratings[S.RATING].mean() < 3.9 and set(ratings[S.RATING].unique()) == {1, 2, 3, 4, 5}
+
+
+def test_synthetic_candidate_pool_follows_popularity_like_the_exact_draw(tmp_path: Path) -> None:
+    shares = []
+    for dense_max_cells in (10**9, 0):
+        config = SyntheticConfig(n_users=400, n_items=300, n_ratings=30_000, seed=5, dense_max_cells=dense_max_cells)
+        ratings = read_dataset(generate_synthetic(config, tmp_path / str(dense_max_cells)), LAYOUT_DAT).ratings
+        popularity = ratings[S.ITEM_ID].value_counts()
+        shares.append(popularity.iloc[:30].sum() / len(ratings))  # the top 10% of items' share of ratings
+    assert abs(shares[0] - shares[1]) < 0.1, shares
