@@ -14,7 +14,7 @@ VENV ?= $(or $(VIRTUAL_ENV),$(CONDA_PREFIX),.venv)
 PYTHON ?= $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
-EXTRAS ?= offline,backends,server,dev
+EXTRAS ?= offline,backends,server,spark,dev
 
 DATASET ?= ml-1m
 RAW_DIR ?=

@@ -18,24 +18,30 @@ from data_exchange_center.artifacts import (
     write_parquet,
 )
 from data_exchange_center.paths import ArtifactPaths
+from offline.common.spark import DEFAULT_ENGINE, add_engine_argument, spark_session
 from offline.common.stage import run_stage, stage_parser
 from offline.preprocess.split import split_by_time, summarize_split
+from offline.preprocess.split_spark import data_split_spark
 
 log = logging.getLogger(__name__)
 
 
-def data_split(paths: ArtifactPaths) -> dict[str, int]:
-    ratings = read_parquet(paths.ratings_path, S.RATINGS_COLUMNS)
-    samples = split_by_time(ratings)
-    counts = summarize_split(samples)
-    write_parquet(samples, paths.samples_path)
+def data_split(paths: ArtifactPaths, engine: str = DEFAULT_ENGINE) -> dict[str, int]:
+    if engine == "spark":
+        with spark_session("s1_data_split") as spark:
+            counts = data_split_spark(spark, paths)
+    else:
+        ratings = read_parquet(paths.ratings_path, S.RATINGS_COLUMNS)
+        samples = split_by_time(ratings)
+        counts = summarize_split(samples)
+        write_parquet(samples, paths.samples_path)
     dataset = dataset_name(paths)
     write_metadata(
         paths.preprocess_dir,
         "s1_data_split",
         counts,
         dataset=dataset,
-        config={"n_online_per_user": S.N_ONLINE_PER_USER, "train_fraction": S.TRAIN_FRACTION},
+        config={"n_online_per_user": S.N_ONLINE_PER_USER, "train_fraction": S.TRAIN_FRACTION, "engine": engine},
     )
     update_metrics(paths.metrics_path, {"dataset": dataset, "split": counts})
     log.info("split %s -> %s: %s", paths.ratings_path, paths.samples_path, counts)
@@ -49,8 +55,10 @@ def dataset_name(paths: ArtifactPaths) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_parser(__doc__ or "").parse_args(argv)
-    return run_stage("s1_data_split", args, data_split)
+    parser = stage_parser(__doc__ or "")
+    add_engine_argument(parser)
+    args = parser.parse_args(argv)
+    return run_stage("s1_data_split", args, lambda paths: data_split(paths, args.engine))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import read_parquet, write_metadata, write_parquet
 from data_exchange_center.paths import ArtifactPaths
+from offline.common.spark import DEFAULT_ENGINE, add_engine_argument, spark_session
 from offline.common.stage import run_stage, stage_parser
 from offline.preprocess.pit_features import (
     item_genre_flags,
@@ -20,12 +22,29 @@ from offline.preprocess.pit_features import (
     online_user_profiles,
     training_pit_features,
 )
+from offline.preprocess.pit_features_spark import term_trans_spark
 from offline.preprocess.s1_data_split import dataset_name
 
 log = logging.getLogger(__name__)
 
 
-def term_trans(paths: ArtifactPaths) -> None:
+def term_trans(paths: ArtifactPaths, engine: str = DEFAULT_ENGINE) -> None:
+    if engine == "spark":
+        with spark_session("s2_term_trans") as spark:
+            outputs = term_trans_spark(spark, paths)
+    else:
+        outputs = term_trans_pandas(paths)
+    write_metadata(
+        paths.preprocess_dir,
+        "s2_term_trans",
+        outputs,
+        dataset=dataset_name(paths),
+        config={"pit_window": S.PIT_WINDOW, "term_min_clicks": S.TERM_MIN_CLICKS, "engine": engine},
+    )
+    log.info("wrote %s, %s, %s", paths.pit_features_path, paths.item_terms_path, paths.user_profiles_path)
+
+
+def term_trans_pandas(paths: ArtifactPaths) -> dict[str, Any]:
     samples = read_parquet(paths.samples_path, S.SAMPLES_COLUMNS)
     items = read_parquet(paths.items_path, S.ITEMS_COLUMNS)
     genres = list_genres(items)
@@ -35,20 +54,14 @@ def term_trans(paths: ArtifactPaths) -> None:
     write_parquet(pit, paths.pit_features_path)
     write_parquet(item_terms(items), paths.item_terms_path)
     write_parquet(profiles, paths.user_profiles_path)
-    outputs = {"genres": genres, "n_pit_rows": len(pit), "n_profiles": len(profiles), "n_items": len(items)}
-    write_metadata(
-        paths.preprocess_dir,
-        "s2_term_trans",
-        outputs,
-        dataset=dataset_name(paths),
-        config={"pit_window": S.PIT_WINDOW, "term_min_clicks": S.TERM_MIN_CLICKS},
-    )
-    log.info("wrote %s, %s, %s", paths.pit_features_path, paths.item_terms_path, paths.user_profiles_path)
+    return {"genres": genres, "n_pit_rows": len(pit), "n_profiles": len(profiles), "n_items": len(items)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_parser(__doc__ or "").parse_args(argv)
-    return run_stage("s2_term_trans", args, term_trans)
+    parser = stage_parser(__doc__ or "")
+    add_engine_argument(parser)
+    args = parser.parse_args(argv)
+    return run_stage("s2_term_trans", args, lambda paths: term_trans(paths, args.engine))
 
 
 if __name__ == "__main__":
