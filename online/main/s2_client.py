@@ -206,6 +206,8 @@ def stream(args: argparse.Namespace, client: RecClient, paths: ArtifactPaths) ->
             print(f"s2_client: {exc}", file=sys.stderr)
             return 1
         served[mode], failures = result.metrics(TOPK), failures + result.failures
+        for error in result.errors:
+            print(f"  failed: {error}", file=sys.stderr)
         print(f"{mode} walk: {len(walks)} users, {served[mode]['n_events']} positive events, "
               f"{time.perf_counter() - started:.1f} s, {result.failures} users failed")  # fmt: skip
     report_path = streaming_report_path(paths)

@@ -12,7 +12,9 @@ message.
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ import numpy as np
 from data_exchange_center.streaming import UserWalk, event_id_of, next_item_metrics
 
 Recommend = Callable[[int, int], dict[str, Any]]
+RETRIES = 5
+RETRY_PAUSE_S = 0.2
 
 
 class ReplayLogNotEmpty(RuntimeError):
@@ -56,6 +60,7 @@ class WalkResult:
     targets: list[int] = field(default_factory=list)
     variants: list[str] = field(default_factory=list)
     failures: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few failures' messages
 
     def metrics(self, k: int) -> dict[str, Any]:
         targets = np.array(self.targets, dtype=np.int64)
@@ -80,17 +85,29 @@ def event_body(walk: UserWalk, step: int) -> dict[str, Any]:
     }
 
 
+def with_retries(call: Callable[[], dict[str, Any]], tries: int = RETRIES) -> dict[str, Any]:
+    """``call()``, again after a pause when the service answered 503 (it sheds load instead of queueing)."""
+    for attempt in range(tries):
+        try:
+            return call()
+        except RuntimeError as exc:
+            if "HTTP 503" not in str(exc) or attempt == tries - 1:
+                raise
+            time.sleep(RETRY_PAUSE_S * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def walk_user(walk: UserWalk, recommend: Recommend, post: Callable[[list[dict[str, Any]]], dict[str, Any]] | None,
               k: int) -> list[tuple[np.ndarray, int, str]]:  # fmt: skip
     """(served list, target, variant) before every positive step; posts each step when ``post`` is given."""
     out = []
     for step in range(len(walk.items)):
         if walk.labels[step] == 1:
-            body = recommend(walk.userid, k)
+            body = with_retries(lambda: recommend(walk.userid, k))
             served = np.array([entry["itemid"] for entry in body["item_list"]], dtype=np.int64)
             out.append((served, int(walk.items[step]), str(body.get("variant", ""))))
         if post is not None:
-            reply = post([event_body(walk, step)])
+            reply = with_retries(functools.partial(post, [event_body(walk, step)]))
             if reply.get("duplicates"):
                 raise ReplayLogNotEmpty(
                     f"the event log already holds the replay's event for user {walk.userid}: run the live walk "
@@ -108,8 +125,10 @@ def stream_walk(walks: list[UserWalk], recommend: Recommend, post: Callable[[lis
             return walk_user(walk, recommend, post, k)
         except ReplayLogNotEmpty:
             raise
-        except Exception:  # counted: one failing user must not hide the others
+        except Exception as exc:  # counted: one failing user must not hide the others
             result.failures += 1
+            if len(result.errors) < 5:
+                result.errors.append(f"user {walk.userid}: {exc}")
             return []
 
     with ThreadPoolExecutor(workers) as pool:

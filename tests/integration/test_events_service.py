@@ -34,7 +34,7 @@ from online.backends.base import BackendError, ReadyStatus
 from online.backends.event_log import AppendResult
 from online.backends.sqlite_events import SqliteEventLog
 from online.main.s1_server import create_app, service_of
-from scripts.native_servers import REPO_ROOT, free_port
+from scripts.native_servers import REPO_ROOT, RedisServer, free_port
 from tests.fixtures_artifacts import TinyArtifacts
 from tests.online_support import CHAIN_CONFIG, QUOTAS, copy_published, publish_tiny, user_state
 
@@ -318,3 +318,22 @@ def test_kill_9_of_the_service_during_ingest_loses_no_acknowledged_event(
     finally:
         os.killpg(restarted.pid, signal.SIGTERM)
         restarted.wait(timeout=30)
+
+
+def test_the_redis_event_log_serves_the_same_live_state(data_dir: Path, tiny: TinyArtifacts, tmp_path: Path) -> None:
+    with RedisServer(workdir=tmp_path / "redis") as redis_server:  # its own: this test kills it
+        overrides = {"event_store": "redis", "redis_url": redis_server.url, "redis_namespace": "ev"}
+        first, second = make_app(data_dir, **overrides), make_app(data_dir, **overrides)
+        userid = int(tiny.userids[4])
+        target = items_of(rec(second, userid))[0]
+        reply = post(first, [event(userid, target, 1), event(userid, target, 1)])
+        assert reply.status_code == 202 and reply.get_json() == {"accepted": 2, "stored": 1, "duplicates": 1}
+        assert target not in items_of(rec(second, userid))
+        assert items_of(rec(second, userid)) == expected_with_events(tiny, userid, [target], [1], 10)
+        redis_server.kill()  # the log dies: lists fall back to the published profile, events are refused
+        assert rec(second, userid)["degraded"] == ["events"]
+        assert post(first, event(userid, target, 2)).status_code == 503
+        redis_server.start()  # back (AOF): the acknowledged event is still there
+        assert target not in items_of(rec(second, userid))
+        for app in (first, second):
+            service_of(app).close()
