@@ -12,7 +12,8 @@ from data_exchange_center import schema as S
 from data_exchange_center.chain import RankingPolicy, UserState
 from data_exchange_center.events import Event, StoredEvent, apply_events, events_frame, last_occurrences, rating_of
 from data_exchange_center.experiments import ExperimentConfigError, assign_variant, parse_variants, user_bucket
-from data_exchange_center.streaming import holdout_walks, next_item_metrics
+from data_exchange_center.streaming import UserWalk, holdout_walks, next_item_metrics
+from online.main.stream_replay import ReplayLogNotEmpty, event_body, walk_user, with_retries
 from online.service.errors import InvalidBody, InvalidField, MalformedJson, MissingField, UnknownField
 from online.service.event_validation import parse_events
 from online.service.live_events import UnknownItem, check_items
@@ -171,3 +172,54 @@ def test_holdout_walks_keep_time_order_and_skip_users_without_a_positive() -> No
     assert [w.userid for w in walks] == [1, 3]
     assert walks[0].items.tolist() == [11, 12, 10] and walks[0].target_steps.tolist() == [1, 2]
     assert [w.userid for w in holdout_walks(samples, every=2)] == [1]
+
+
+# --- the served streaming walk -------------------------------------------------------------------------
+def a_walk() -> UserWalk:
+    return UserWalk(7, np.array([10, 11, 12]), np.array([5.0, 2.0, 4.0], np.float32), np.array([1, 0, 1], np.int8),
+                    np.array([100, 101, 102]))  # fmt: skip
+
+
+def test_walk_user_asks_before_each_positive_and_posts_every_step() -> None:
+    calls: list[tuple[str, object]] = []
+
+    def recommend(userid: int, k: int) -> dict[str, object]:
+        calls.append(("rec", userid))
+        return {"item_list": [{"itemid": 12}, {"itemid": 10}], "variant": "a"}
+
+    def post(events: list[dict[str, object]]) -> dict[str, object]:
+        calls.append(("post", events[0]["itemid"]))
+        return {"duplicates": 0}
+
+    steps = walk_user(a_walk(), recommend, post, 50)
+    assert [c[0] for c in calls] == ["rec", "post", "post", "rec", "post"]
+    assert [c[1] for c in calls if c[0] == "post"] == [10, 11, 12]
+    assert [(s[1], s[2]) for s in steps] == [(10, "a"), (12, "a")]
+    assert event_body(a_walk(), 1) == {"userid": 7, "itemid": 11, "rating": 2.0, "timestamp": 101,
+                                       "event_id": "replay-7-1-101"}  # fmt: skip
+
+
+def test_a_repeated_replay_event_stops_the_walk() -> None:
+    def recommend(userid: int, k: int) -> dict[str, object]:
+        return {"item_list": []}
+
+    with pytest.raises(ReplayLogNotEmpty, match="user 7"):
+        walk_user(a_walk(), recommend, lambda events: {"duplicates": 1}, 50)
+
+
+def test_shed_requests_are_retried_and_other_errors_are_not() -> None:
+    answers = iter([RuntimeError("HTTP 503: busy"), {"ok": 1}])
+
+    def flaky() -> dict[str, object]:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert with_retries(flaky) == {"ok": 1}
+
+    def broken() -> dict[str, object]:
+        raise RuntimeError("HTTP 422: bad")
+
+    with pytest.raises(RuntimeError, match="422"):
+        with_retries(broken)
