@@ -25,8 +25,9 @@ import numpy as np
 from data_exchange_center.streaming import UserWalk, event_id_of, next_item_metrics
 
 Recommend = Callable[[int, int], dict[str, Any]]
-RETRIES = 5
+RETRIES = 30  # a 503 (shed, or a worker still loading after another said ready) is retried for up to ~50 s
 RETRY_PAUSE_S = 0.2
+MAX_RETRY_PAUSE_S = 2.0
 
 
 class ReplayLogNotEmpty(RuntimeError):
@@ -93,7 +94,7 @@ def with_retries(call: Callable[[], dict[str, Any]], tries: int = RETRIES) -> di
         except RuntimeError as exc:
             if "HTTP 503" not in str(exc) or attempt == tries - 1:
                 raise
-            time.sleep(RETRY_PAUSE_S * (attempt + 1))
+            time.sleep(min(RETRY_PAUSE_S * (attempt + 1), MAX_RETRY_PAUSE_S))
     raise AssertionError("unreachable")
 
 
