@@ -7,11 +7,13 @@ artifacts. So the list that is served is the list that was evaluated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
+from data_exchange_center.artifacts import read_json
 from data_exchange_center.item_index import Ranked, top_k
 
 CHANNELS = ("i2i", "vector", "term", "popularity")
@@ -46,18 +48,54 @@ class UserState:
         return cls([], None, np.zeros(0, np.int64), np.zeros(0, np.int8))
 
 
+@dataclass(frozen=True)
+class TriggerPolicy:
+    """Which of the user's seen items trigger item-to-item recall, and how much each one weighs.
+
+    The last ``max_triggers`` seen items trigger; a liked one weighs ``TRIGGER_WEIGHT_LIKED``, another
+    ``unliked_weight``, times ``0.5 ** (age / half_life)`` where ``age`` is the number of seen items
+    after it (no decay when ``half_life`` is 0). Selected on validation by recall/3
+    (``recall/i2i_params.json``).
+    """
+
+    max_triggers: int = DEFAULT_MAX_TRIGGERS
+    half_life: float = 0.0
+    unliked_weight: float = TRIGGER_WEIGHT_OTHER
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TriggerPolicy:
+        return cls(
+            max_triggers=int(raw.get("max_triggers", DEFAULT_MAX_TRIGGERS)),
+            half_life=float(raw.get("half_life", 0.0)),
+            unliked_weight=float(raw.get("unliked_weight", TRIGGER_WEIGHT_OTHER)),
+        )
+
+    def weights(self, labels: np.ndarray) -> np.ndarray:
+        """Weights (n,) float32 of the last ``max_triggers`` of ``labels`` (the seen items, time order)."""
+        labels = np.asarray(labels)[-self.max_triggers :] if self.max_triggers > 0 else np.asarray(labels)[:0]
+        base = np.where(labels > 0, TRIGGER_WEIGHT_LIKED, self.unliked_weight)
+        if self.half_life > 0:
+            age = np.arange(len(labels) - 1, -1, -1, dtype=np.float64)  # 0 for the most recent
+            base = base * np.power(0.5, age / self.half_life)
+        return base.astype(np.float32)
+
+
 def recall_channels(
-    index: ItemIndexLike, user: UserState, quotas: dict[str, int], max_triggers: int = DEFAULT_MAX_TRIGGERS
+    index: ItemIndexLike, user: UserState, quotas: dict[str, int], triggers: TriggerPolicy | int = DEFAULT_MAX_TRIGGERS
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
     """Each channel's (items, scores), seen items excluded, at most ``quotas[channel]`` items; and the
-    item-to-item scores of every reachable item (for the final score)."""
+    item-to-item scores of every reachable item (for the final score). An ``int`` for ``triggers`` is the
+    trigger count with the default weights."""
+    policy = triggers if isinstance(triggers, TriggerPolicy) else TriggerPolicy(max_triggers=int(triggers))
     seen = np.sort(user.seen)
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     i2i_all = (np.zeros(0, np.int64), np.zeros(0, np.float32))
-    if len(user.seen) and max_triggers > 0:
-        triggers = user.seen[-max_triggers:]
-        nbr, weights = index.neighbors_of(triggers)
-        i2i_all = i2i_scores(nbr, weights, trigger_weights(user.seen_labels[-max_triggers:]))
+    if len(user.seen) and policy.max_triggers > 0:
+        nbr, weights = index.neighbors_of(user.seen[-policy.max_triggers :])
+        i2i_all = i2i_scores(nbr, weights, policy.weights(user.seen_labels))
         if quotas.get("i2i", 0):
             results["i2i"] = top_k(*i2i_all, quotas["i2i"], seen)
     if quotas.get("vector", 0) and user.vector is not None:
@@ -128,11 +166,13 @@ def merge_candidates(
 __all__ = [
     "Candidates",
     "RankingPolicy",
+    "TriggerPolicy",
     "UserState",
     "final_scores",
     "i2i_scores",
     "merge_candidates",
     "rank_and_cut",
+    "read_chain_parameters",
     "recall_channels",
     "top_k",
     "trigger_weights",
@@ -155,6 +195,20 @@ class RankingPolicy:
     @classmethod
     def from_dict(cls, raw: dict[str, float]) -> RankingPolicy:
         return cls(**{k: float(v) for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_chain_parameters(i2i_params_path: Path, ranking_policy_path: Path) -> tuple[TriggerPolicy, RankingPolicy]:
+    """The chain parameters selected offline, from their two files (``ArtifactPaths.chain_params_paths``:
+    ``recall/i2i_params.json`` written by recall/3, ``rank/ranking_policy.json`` written by evaluate/1).
+    A missing file gives that part's defaults."""
+    triggers = TriggerPolicy.from_dict(read_json(i2i_params_path)) if i2i_params_path.exists() else TriggerPolicy()
+    policy = RankingPolicy()
+    if ranking_policy_path.exists():
+        policy = RankingPolicy.from_dict(read_json(ranking_policy_path))
+    return triggers, policy
 
 
 def final_scores(candidates: Candidates, like_probs: np.ndarray, policy: RankingPolicy) -> np.ndarray:

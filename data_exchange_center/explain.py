@@ -27,11 +27,12 @@ from data_exchange_center.item_catalog import ItemCatalog
 MAX_TRIGGERS_SHOWN = 3
 
 
-def i2i_triggers(user: chain.UserState, max_triggers: int) -> tuple[np.ndarray, np.ndarray]:
-    """The triggers ``chain.recall_channels`` uses: the last ``max_triggers`` seen items and their weights."""
-    if max_triggers <= 0 or not len(user.seen):
+def i2i_triggers(user: chain.UserState, triggers: chain.TriggerPolicy | int) -> tuple[np.ndarray, np.ndarray]:
+    """The triggers ``chain.recall_channels`` uses and their weights (an ``int`` is a trigger count)."""
+    policy = triggers if isinstance(triggers, chain.TriggerPolicy) else chain.TriggerPolicy(max_triggers=int(triggers))
+    if policy.max_triggers <= 0 or not len(user.seen):
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return user.seen[-max_triggers:], chain.trigger_weights(user.seen_labels[-max_triggers:])
+    return user.seen[-policy.max_triggers :], policy.weights(user.seen_labels)
 
 
 def trigger_contributions(

@@ -113,6 +113,8 @@ class ItemFiles:
 
 
 CHAIN_KEYS = {"max_triggers": int, "like_weight": float, "prior_weight": float}
+# kept when present (versions published before they existed serve the ``chain.TriggerPolicy`` defaults)
+CHAIN_OPTIONAL_KEYS = {"half_life": float, "unliked_weight": float}
 
 
 def check_chain_parameters(raw: object, source: Path | str) -> dict[str, int | float]:
@@ -123,7 +125,8 @@ def check_chain_parameters(raw: object, source: Path | str) -> dict[str, int | f
     if missing:
         raise ArtifactError(f"{source} lacks {missing}: publish the item version again")
     checked: dict[str, int | float] = {}
-    for key, kind in CHAIN_KEYS.items():
+    present = {**CHAIN_KEYS, **{k: kind for k, kind in CHAIN_OPTIONAL_KEYS.items() if k in raw}}
+    for key, kind in present.items():
         value = raw[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0 or value == float("inf"):
             raise ArtifactError(f"{source}: {key} = {value!r} is not a finite non-negative number")

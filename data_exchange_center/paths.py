@@ -74,10 +74,6 @@ class ArtifactPaths:
         return self.recall_dir / "popularity.parquet"
 
     @property
-    def user_terms_path(self) -> Path:
-        return self.recall_dir / "user_terms.parquet"
-
-    @property
     def user_vectors_path(self) -> Path:
         return self.recall_dir / "user_vectors.npz"
 
@@ -90,9 +86,10 @@ class ArtifactPaths:
         return self.recall_dir / "item_neighbors.parquet"
 
     @property
-    def chain_config_path(self) -> Path:
-        """Chain parameters selected offline (e.g. the number of item-to-item triggers)."""
-        return self.recall_dir / "chain_config.json"
+    def i2i_params_path(self) -> Path:
+        """Item-to-item trigger parameters selected on validation; written by recall/3 only
+        (``data_exchange_center.chain.TriggerPolicy``)."""
+        return self.recall_dir / "i2i_params.json"
 
     @property
     def validation_neighbors_path(self) -> Path:
@@ -143,6 +140,22 @@ class ArtifactPaths:
     @property
     def onnx_path(self) -> Path:
         return self.model_dir / "model.onnx"
+
+    @property
+    def reference_scores_path(self) -> Path:
+        """PyTorch scores of the first test rows (``row``, ``score``), for the offline == online check."""
+        return self.model_dir / "reference_scores.parquet"
+
+    @property
+    def ranking_policy_path(self) -> Path:
+        """How the final score combines the candidate evidence and the ranker, selected on validation;
+        written by evaluate/1 only (``data_exchange_center.chain.RankingPolicy``)."""
+        return self.rank_dir / "ranking_policy.json"
+
+    @property
+    def chain_params_paths(self) -> tuple[Path, ...]:
+        """Every file that holds chain parameters selected offline (a published version copies them)."""
+        return (self.i2i_params_path, self.ranking_policy_path)
 
     # --- offline to online -------------------------------------------------------------------
     @property

@@ -25,7 +25,6 @@ from data_exchange_center.chain import DEFAULT_MAX_TRIGGERS, RankingPolicy
 from data_exchange_center.feature_spec import CategoricalField, DenseField, FeatureSpec, combine_features
 from data_exchange_center.paths import ArtifactPaths
 
-REFERENCE_SCORES_FILE = "reference_scores.parquet"
 GENRES = ["Action", "Children's", "Comedy", "Drama", "Sci-Fi"]
 AGES = [1, 18, 25, 35, 45, 50, 56]
 
@@ -49,10 +48,6 @@ class TinyArtifacts:
     userids: np.ndarray
     itemids: np.ndarray
     spec: FeatureSpec
-
-
-def reference_scores_path(paths: ArtifactPaths) -> Path:
-    return paths.model_dir / REFERENCE_SCORES_FILE
 
 
 def write_tiny_artifacts(data_dir: Path, config: TinyConfig | None = None) -> TinyArtifacts:
@@ -106,9 +101,8 @@ def write_recall_artifacts(
     neighbors = pd.DataFrame(rows, columns=[S.ITEM_ID, S.NEIGHBOR, S.WEIGHT]).astype({S.WEIGHT: np.float32})
     write_parquet(neighbors, paths.item_neighbors_path)
     policy = RankingPolicy()  # what item-to-item and the report select offline: here the defaults
-    chain_config = {"max_triggers": DEFAULT_MAX_TRIGGERS, "like_weight": policy.like_weight,
-                    "prior_weight": policy.prior_weight}  # fmt: skip
-    write_json(chain_config, paths.chain_config_path)
+    write_json({"max_triggers": DEFAULT_MAX_TRIGGERS}, paths.i2i_params_path)
+    write_json({"like_weight": policy.like_weight, "prior_weight": policy.prior_weight}, paths.ranking_policy_path)
 
 
 def write_profiles(paths: ArtifactPaths, rng: np.random.Generator, users: pd.DataFrame, genres: list[str]) -> None:
@@ -228,5 +222,5 @@ def write_reference_scores(
 ) -> None:
     scores = numpy_scores(spec, rows, weights)
     write_parquet(
-        pd.DataFrame({"row": np.arange(len(rows), dtype=np.int64), S.SCORE: scores}), reference_scores_path(paths)
+        pd.DataFrame({"row": np.arange(len(rows), dtype=np.int64), S.SCORE: scores}), paths.reference_scores_path
     )

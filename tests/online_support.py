@@ -24,7 +24,8 @@ from data_exchange_center.online_layout import items_store_dir, read_current_ver
 from data_exchange_center.paths import ArtifactPaths
 from tests.fixtures_artifacts import TinyArtifacts, write_tiny_artifacts
 
-CHAIN_CONFIG = {"max_triggers": 5, "like_weight": 1.0, "prior_weight": 0.01}
+TRIGGERS = chain.TriggerPolicy(max_triggers=5)
+POLICY = chain.RankingPolicy(like_weight=1.0, prior_weight=0.01)
 QUOTAS = {"i2i": 200, "vector": 100, "term": 50, "popularity": 50}
 
 
@@ -45,13 +46,18 @@ def publish_tiny(data_dir: Path) -> TinyArtifacts:
     from offline_to_online.recall import s2_item_to_es
 
     tiny = write_tiny_artifacts(data_dir)
-    write_json(CHAIN_CONFIG, tiny.paths.chain_config_path)
+    write_chain_params(tiny.paths)
     args = ["--data-dir", str(data_dir), "--profile", "embedded", "--quiet"]
     publish_users(data_dir)
     assert s2_item_to_es.main(args) == 0
     assert s1_feature_to_feast.main(args) == 0
     publish_model(data_dir)
     return tiny
+
+
+def write_chain_params(paths: ArtifactPaths) -> None:
+    write_json(TRIGGERS.to_dict(), paths.i2i_params_path)
+    write_json(POLICY.to_dict(), paths.ranking_policy_path)
 
 
 def copy_published(source: Path, target: Path) -> Path:
@@ -86,9 +92,7 @@ def expected_list(paths: ArtifactPaths, userid: int, size: int) -> tuple[np.ndar
 
     index = ItemIndex.load(paths)
     quotas = dict(QUOTAS, popularity=max(QUOTAS["popularity"], size))
-    results, i2i_all = chain.recall_channels(
-        index, user_state(paths, userid), quotas, int(CHAIN_CONFIG["max_triggers"])
-    )
+    results, i2i_all = chain.recall_channels(index, user_state(paths, userid), quotas, TRIGGERS)
     candidates = chain.merge_candidates(results, *i2i_all)
     spec = FeatureSpec.load(paths.feature_spec_path)
     users = pd.read_parquet(paths.user_features_path)
@@ -96,5 +100,4 @@ def expected_list(paths: ArtifactPaths, userid: int, size: int) -> tuple[np.ndar
     sparse, dense = combine_features(spec.encode_users(users[users[S.USER_ID] == userid]), spec.encode_items(items))
     session = ort.InferenceSession(str(paths.onnx_path), providers=["CPUExecutionProvider"])
     like = session.run(["score"], {"sparse_ids": sparse, "dense": dense})[0][:, 0]
-    policy = chain.RankingPolicy.from_dict(CHAIN_CONFIG)
-    return chain.rank_and_cut(candidates, chain.final_scores(candidates, like, policy), size)
+    return chain.rank_and_cut(candidates, chain.final_scores(candidates, like, POLICY), size)

@@ -14,13 +14,13 @@ from tqdm import tqdm
 
 from data_exchange_center import chain
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import read_json, read_parquet
+from data_exchange_center.artifacts import read_parquet
 from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import Settings
-from offline.evaluate.channels import UserStates
-from offline.evaluate.holdout import Holdout
+from offline.common.holdout import Holdout
+from offline.common.user_states import UserStates
 from offline.rank.scoring import load_session, score_pairs
 
 
@@ -52,14 +52,12 @@ def run_chain(
     like_weights: tuple[float, ...] = (),
 ) -> ChainRun:
     """Run the chain for every holdout user; also rank with each of ``like_weights`` (a sensitivity check)."""
-    chain_config = read_json(paths.chain_config_path)
-    policy = chain.RankingPolicy.from_dict(chain_config)
-    max_triggers = int(chain_config["max_triggers"])
+    triggers, policy = chain.read_chain_parameters(*paths.chain_params_paths)
     index, users = ItemIndex.load(paths), UserStates(paths)
     run = ChainRun(channel_lists={name: [] for name in chain.CHANNELS})
     candidates_per_user = []
     for user_id in tqdm(holdout.user_ids.tolist(), desc="recall", mininterval=2, leave=False):
-        results, i2i_all = chain.recall_channels(index, users.get(user_id), quotas, max_triggers)
+        results, i2i_all = chain.recall_channels(index, users.get(user_id), quotas, triggers)
         for name in chain.CHANNELS:
             run.channel_lists[name].append(results.get(name, (np.zeros(0, np.int64), None))[0])
         candidates = chain.merge_candidates(results, *i2i_all)

@@ -5,8 +5,8 @@ backends and the exported ONNX ranker (offline/evaluate/chain_eval.py), and writ
 each channel, the merged candidates and the final ranked list into reports/metrics.json, then
 reports/report.md with PNG plots (top-K comparison, training curves). Before that, the like weight of
 the final score is selected on a validation setup that ends at the training split
-(offline/evaluate/validation.py) and written into recall/chain_config.json, which the online service
-reads: run this stage before publishing.
+(offline/evaluate/validation.py) and written into rank/ranking_policy.json (this stage is its only
+writer), which a published version carries to the online service: run this stage before publishing.
 """
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from data_exchange_center import chain
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import atomic_path, read_json, read_parquet, update_metrics, write_json
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import load_settings
 from data_exchange_center.topk_metrics import topk_metrics
+from offline.common.holdout import MERGED_RECALL_K, TOPK, Holdout
 from offline.common.stage import run_stage, stage_parser
 from offline.evaluate.chain_eval import chain_quotas, run_chain
 from offline.evaluate.examples import append_example_users
-from offline.evaluate.holdout import MERGED_RECALL_K, TOPK, Holdout
 from offline.evaluate.report import plot_curves, plot_topk, render_report
 from offline.evaluate.validation import select_like_weight
 
@@ -38,14 +39,12 @@ def topk_report(paths: ArtifactPaths) -> dict[str, Any]:
     holdout = Holdout.from_samples(samples)
     settings = load_settings({"data_dir": paths.data_dir})
     quotas = chain_quotas(settings)
-    chain_config = read_json(paths.chain_config_path)
-    like_weight, validation = select_like_weight(
-        paths, samples, quotas, int(chain_config["max_triggers"]), TOPK, LIKE_WEIGHT_GRID
-    )
+    triggers, _ = chain.read_chain_parameters(*paths.chain_params_paths)
+    like_weight, validation = select_like_weight(paths, samples, quotas, triggers, TOPK, LIKE_WEIGHT_GRID)
     log.info(
         "like weight %.2f selected on validation (NDCG@%d %.4f)", like_weight, TOPK, validation[like_weight]["ndcg"]
     )
-    write_json({**chain_config, "like_weight": like_weight}, paths.chain_config_path)
+    write_json(chain.RankingPolicy(like_weight=like_weight).to_dict(), paths.ranking_policy_path)
     run = run_chain(paths, holdout, quotas, TOPK, LIKE_WEIGHT_GRID)
     topk: dict[str, Any] = {"k": TOPK}
     popular = run.channel_lists["popularity"]

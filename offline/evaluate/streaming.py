@@ -12,6 +12,7 @@ running service the same way and compares.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from data_exchange_center import chain
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import read_json, read_parquet
+from data_exchange_center.artifacts import read_parquet
 from data_exchange_center.events import apply_events
 from data_exchange_center.experiments import Variant, assign_variant, parse_variants
 from data_exchange_center.feature_spec import FeatureSpec
@@ -28,8 +29,8 @@ from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import Settings
 from data_exchange_center.streaming import MODES, STREAM_K, UserWalk, holdout_walks, next_item_metrics
+from offline.common.user_states import UserStates
 from offline.evaluate.chain_eval import chain_quotas
-from offline.evaluate.channels import UserStates
 from offline.rank.scoring import load_session, score_pairs
 
 USERS_PER_BATCH = 200  # users whose candidates are scored in one ONNX batch (bounds memory)
@@ -49,9 +50,8 @@ def streaming_report(paths: ArtifactPaths, settings: Settings, every: int = 1, k
     samples = read_parquet(paths.samples_path, S.SAMPLES_COLUMNS)
     walks = holdout_walks(samples, every)
     variants = parse_variants(settings.experiment_variants)
-    chain_config = read_json(paths.chain_config_path)
-    base_policy = chain.RankingPolicy.from_dict(chain_config)
-    walker = _Walker(paths, chain_quotas(settings), int(chain_config["max_triggers"]), k)
+    triggers, base_policy = chain.read_chain_parameters(*paths.chain_params_paths)
+    walker = _Walker(paths, chain_quotas(settings), triggers, k)
     report: dict[str, Any] = {"k": k, "every": every, "n_users": len(walks), "variants": [v.name for v in variants]}
     for mode in MODES:
         lists, targets, names = walker.walk(walks, mode == "live", variants, base_policy, settings.experiment_salt)
@@ -68,10 +68,10 @@ def streaming_report(paths: ArtifactPaths, settings: Settings, every: int = 1, k
 
 
 class _Walker:
-    def __init__(self, paths: ArtifactPaths, quotas: dict[str, int], max_triggers: int, k: int) -> None:
+    def __init__(self, paths: ArtifactPaths, quotas: dict[str, int], triggers: chain.TriggerPolicy, k: int) -> None:
         self.index, self.users = ItemIndex.load(paths), UserStates(paths)
         self.quotas = {**quotas, "popularity": max(quotas.get("popularity", 0), k)}  # as the service does
-        self.max_triggers, self.k = max_triggers, k
+        self.triggers, self.k = triggers, k
         self.spec = FeatureSpec.load(paths.feature_spec_path)
         self.user_features = read_parquet(paths.user_features_path, (S.USER_ID,))
         self.item_features = read_parquet(paths.item_features_path, (S.ITEM_ID,))
@@ -97,21 +97,21 @@ class _Walker:
     ) -> list[StreamTarget]:
         variant = assign_variant(walk.userid, variants, salt)
         base = self.users.get(walk.userid)
-        max_triggers = variant.max_triggers(self.max_triggers)
+        triggers = dataclasses.replace(self.triggers, max_triggers=variant.max_triggers(self.triggers.max_triggers))
         out, static_candidates = [], None
         for step in walk.target_steps.tolist():
             if live and variant.live_events:
                 state = apply_events(base, walk.items[:step], walk.labels[:step])
-                candidates = self._recall(state, max_triggers)
+                candidates = self._recall(state, triggers)
             else:  # the same list before every step
-                static_candidates = static_candidates or self._recall(base, max_triggers)
+                static_candidates = static_candidates or self._recall(base, triggers)
                 candidates = static_candidates
             out.append(StreamTarget(walk.userid, variant.name, int(walk.items[step]), candidates,
                                     variant.policy(policy)))  # fmt: skip
         return out
 
-    def _recall(self, state: chain.UserState, max_triggers: int) -> chain.Candidates:
-        results, i2i_all = chain.recall_channels(self.index, state, self.quotas, max_triggers)
+    def _recall(self, state: chain.UserState, triggers: chain.TriggerPolicy) -> chain.Candidates:
+        results, i2i_all = chain.recall_channels(self.index, state, self.quotas, triggers)
         return chain.merge_candidates(results, *i2i_all)
 
     def _rank(self, targets: list[StreamTarget]) -> list[np.ndarray]:

@@ -23,11 +23,12 @@ from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.item_index import ItemIndex, neighbor_matrix
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.topk_metrics import topk_metrics
-from offline.evaluate.channels import popularity_table, split_by_user
+from offline.common.user_states import split_by_user
 from offline.preprocess.pit_features import item_genre_flags, list_genres, pit_counts, user_terms_from_clicks
 from offline.rank.features import user_features_at
 from offline.rank.scoring import load_session, score_pairs
 from offline.rank.user_history import UserHistory
+from offline.recall.tables import popularity_table
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def select_like_weight(
     paths: ArtifactPaths,
     samples: pd.DataFrame,
     quotas: dict[str, int],
-    max_triggers: int,
+    triggers: chain.TriggerPolicy,
     k: int,
     grid: tuple[float, ...],
 ) -> tuple[float, dict[float, dict[str, float]]]:
@@ -89,7 +90,7 @@ def select_like_weight(
     for user in tqdm(target_users.tolist(), desc="validation recall", mininterval=2, leave=False):
         items, item_labels = history.get(user, (np.zeros(0, np.int64), np.zeros(0, np.int8)))
         state = chain.UserState(terms.get(user, []), None, items, item_labels.astype(np.int8))
-        results, i2i_all = chain.recall_channels(index, state, validation_quotas, max_triggers)
+        results, i2i_all = chain.recall_channels(index, state, validation_quotas, triggers)
         candidates.append(chain.merge_candidates(results, *i2i_all))
     sizes = [len(c.items) for c in candidates]
     spec = FeatureSpec.load(paths.feature_spec_path)

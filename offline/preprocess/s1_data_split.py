@@ -10,14 +10,9 @@ import logging
 import sys
 
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import (
-    read_json,
-    read_parquet,
-    update_metrics,
-    write_metadata,
-    write_parquet,
-)
+from data_exchange_center.artifacts import read_parquet, update_metrics, write_metadata, write_parquet
 from data_exchange_center.paths import ArtifactPaths
+from offline.common.dataset import dataset_name
 from offline.common.spark import DEFAULT_ENGINE, add_engine_argument, spark_session
 from offline.common.stage import run_stage, stage_parser
 from offline.preprocess.split import split_by_time, summarize_split
@@ -46,12 +41,6 @@ def data_split(paths: ArtifactPaths, engine: str = DEFAULT_ENGINE) -> dict[str, 
     update_metrics(paths.metrics_path, {"dataset": dataset, "split": counts})
     log.info("split %s -> %s: %s", paths.ratings_path, paths.samples_path, counts)
     return counts
-
-
-def dataset_name(paths: ArtifactPaths) -> str:
-    """The dataset name recorded by stage 0."""
-    meta = read_json(paths.dataset_dir / "metadata.json")
-    return str(meta["s0_fetch_data"]["dataset"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import read_parquet, write_metadata, write_parquet
 from data_exchange_center.paths import ArtifactPaths
+from offline.common.dataset import dataset_name
 from offline.common.spark import DEFAULT_ENGINE, add_engine_argument, spark_session
 from offline.common.stage import run_stage, stage_parser
 from offline.preprocess.pit_features import (
@@ -23,7 +24,6 @@ from offline.preprocess.pit_features import (
     training_pit_features,
 )
 from offline.preprocess.pit_features_spark import term_trans_spark
-from offline.preprocess.s1_data_split import dataset_name
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import sys
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import read_parquet, update_metrics, write_metadata, write_parquet
 from data_exchange_center.paths import ArtifactPaths
+from offline.common.dataset import dataset_name
 from offline.common.stage import run_stage, stage_parser
-from offline.preprocess.s1_data_split import dataset_name
 from offline.rank.features import RankingTables, build_ranking_tables
 
 log = logging.getLogger(__name__)

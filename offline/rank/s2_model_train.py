@@ -33,8 +33,8 @@ from data_exchange_center.artifacts import (
 )
 from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.paths import ArtifactPaths
+from offline.common.dataset import dataset_name
 from offline.common.stage import add_config_arguments, config_from_args, run_stage, stage_parser
-from offline.preprocess.s1_data_split import dataset_name
 from offline.rank.deepfm import DeepFM, export_onnx
 from offline.rank.scoring import load_session, score_encoded
 from offline.rank.train import EncodedRows, TrainConfig, encode_rows, evaluate, predict_logits, train_ranker
@@ -110,7 +110,7 @@ def export_and_check(paths: ArtifactPaths, model: DeepFM, test_rows: EncodedRows
         raise ArtifactError(f"ONNX Runtime differs from PyTorch by {worst:.2e} (> {ONNX_TOLERANCE}) on {m} test rows")
     log.info("ONNX Runtime equals PyTorch on %d test rows (max difference %.2e)", m, worst)
     write_parquet(pd.DataFrame({"row": np.arange(n, dtype=np.int64), "score": torch_scores.astype(np.float32)}),
-                  paths.model_dir / "reference_scores.parquet")  # fmt: skip
+                  paths.reference_scores_path)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

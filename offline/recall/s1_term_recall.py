@@ -17,11 +17,12 @@ from data_exchange_center import schema as S
 from data_exchange_center.artifacts import read_parquet, update_metrics, write_metadata, write_parquet
 from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.paths import ArtifactPaths
+from offline.common.dataset import dataset_name
+from offline.common.holdout import TOPK, Holdout, evaluate_recommender
 from offline.common.spark import DEFAULT_ENGINE, add_engine_argument, spark_session
 from offline.common.stage import run_stage, stage_parser
-from offline.evaluate.channels import UserStates, channel_recommender, popularity_table, user_seen_table
-from offline.evaluate.holdout import TOPK, Holdout, evaluate_recommender
-from offline.preprocess.s1_data_split import dataset_name
+from offline.common.user_states import UserStates, channel_recommender
+from offline.recall.tables import popularity_table, user_seen_table
 from offline.recall.term_recall_spark import term_recall_tables_spark
 
 log = logging.getLogger(__name__)

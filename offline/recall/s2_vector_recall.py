@@ -18,9 +18,9 @@ import pandas as pd
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import read_parquet, update_metrics, write_metadata, write_npz
 from data_exchange_center.paths import ArtifactPaths
+from offline.common.dataset import dataset_name
 from offline.common.metrics import roc_auc, validation_mask
 from offline.common.stage import add_config_arguments, config_from_args, run_stage, stage_parser
-from offline.preprocess.s1_data_split import dataset_name
 from offline.recall.factorization import (
     FactorizationConfig,
     Interactions,

@@ -5,7 +5,7 @@ recent seen items are the triggers (liked ones weigh 1, others 0.3; ``data_excha
 and candidates are ranked by summed neighbour weights. How many recent items to use is selected on
 validation: EASE fitted on the training split, triggers from it, targets the test split's positives.
 Then EASE is refitted on all offline impressions. Writes recall/item_neighbors.parquet (itemid,
-neighbor, weight) and recall/chain_config.json (the selected number of triggers).
+neighbor, weight) and recall/i2i_params.json (the selected trigger policy; this stage is its only writer).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from data_exchange_center.artifacts import read_parquet, update_metrics, write_j
 from data_exchange_center.item_index import ItemIndex, neighbor_matrix
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.topk_metrics import topk_metrics
+from offline.common.dataset import dataset_name
+from offline.common.holdout import TOPK, Holdout, evaluate_recommender
 from offline.common.stage import add_config_arguments, config_from_args, run_stage, stage_parser
-from offline.evaluate.channels import UserStates, channel_recommender, split_by_user
-from offline.evaluate.holdout import TOPK, Holdout, evaluate_recommender
-from offline.preprocess.s1_data_split import dataset_name
+from offline.common.user_states import UserStates, channel_recommender, split_by_user
 from offline.recall.item_to_item import ItemToItemConfig, fit_ease, neighbor_table
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,8 @@ def select_max_triggers(samples: pd.DataFrame, config: ItemToItemConfig, paths: 
             items = seen[position[user]] if user in position else np.zeros(0, np.int64)
             rows = np.searchsorted(item_ids, items[-max_triggers:])
             rows = np.minimum(rows, len(item_ids) - 1)
-            triggers = (
-                chain.trigger_weights(labels[position[user]][-max_triggers:]) if user in position else np.zeros(0)
-            )
+            policy = chain.TriggerPolicy(max_triggers=max_triggers)
+            triggers = policy.weights(labels[position[user]]) if user in position else np.zeros(0)
             scored = chain.i2i_scores(nbr_items[rows], nbr_weights[rows], triggers.astype(np.float32))
             recommended.append(chain.top_k(*scored, TOPK, np.sort(items))[0])
         recall[max_triggers] = topk_metrics(recommended, relevant, TOPK)["recall"]
@@ -78,11 +77,11 @@ def item_to_item(paths: ArtifactPaths, config: ItemToItemConfig) -> dict[str, fl
     table = neighbor_table(item_ids, weights, config.n_neighbors)
     del weights
     write_parquet(table, paths.item_neighbors_path)
-    chain_config = {"max_triggers": selection.best_max_triggers}
-    write_json(chain_config, paths.chain_config_path)
+    trigger_policy = chain.TriggerPolicy(max_triggers=selection.best_max_triggers)
+    write_json(trigger_policy.to_dict(), paths.i2i_params_path)
     index = ItemIndex.load(paths, with_vectors=False)
     users = UserStates(paths, with_vectors=False)
-    recommender = channel_recommender(index, users, "i2i", TOPK, selection.best_max_triggers)
+    recommender = channel_recommender(index, users, "i2i", TOPK, trigger_policy)
     metrics = evaluate_recommender(Holdout.from_samples(samples), recommender, desc="i2i")
     log.info("i2i@%d on the online holdout with %d triggers: %s", TOPK, selection.best_max_triggers, metrics)
     outputs = {
@@ -90,7 +89,7 @@ def item_to_item(paths: ArtifactPaths, config: ItemToItemConfig) -> dict[str, fl
         "n_rows": len(table),
         "i2i": metrics,
         "validation_recall_by_max_triggers": selection.recall_by_max_triggers,
-        **chain_config,
+        **trigger_policy.to_dict(),
     }
     write_metadata(paths.recall_dir, "s3_item_to_item", outputs, config=config.to_dict(), dataset=dataset_name(paths))
     update_metrics(paths.metrics_path, {"topk": {"i2i": metrics}})

@@ -23,7 +23,6 @@ from data_exchange_center.feature_spec import FeatureSpec, combine_features
 from data_exchange_center.paths import ArtifactPaths
 from offline_to_online.common import BackendUnavailable, PublishVerificationError, retry_startup
 
-REFERENCE_SCORES_FILE = "reference_scores.parquet"
 REFERENCE_ROW = "row"
 MIN_ROWS = 1000
 TOLERANCE = 1e-5
@@ -51,24 +50,20 @@ class BackendResult:
         return self.max_abs_diff <= TOLERANCE
 
 
-def reference_scores_path(paths: ArtifactPaths) -> Path:
-    return paths.model_dir / REFERENCE_SCORES_FILE
-
-
 def load_check_rows(paths: ArtifactPaths, spec: FeatureSpec, n_rows: int = MIN_ROWS) -> CheckRows:
     """The first ``n_rows`` reference rows (all of them when the test split is smaller), encoded."""
-    reference = read_parquet(reference_scores_path(paths), (REFERENCE_ROW, S.SCORE))
+    reference = read_parquet(paths.reference_scores_path, (REFERENCE_ROW, S.SCORE))
     test = read_parquet(paths.rank_test_path, tuple(spec.columns))
     wanted = min(n_rows, len(test))
     if len(reference) < wanted:
         raise ArtifactError(
-            f"{reference_scores_path(paths)} has {len(reference)} rows, the check needs {wanted}: "
+            f"{paths.reference_scores_path} has {len(reference)} rows, the check needs {wanted}: "
             "re-run offline/rank/s2_model_train.py"
         )
     reference = reference.head(wanted)
     positions = reference[REFERENCE_ROW].to_numpy(np.int64)
     if positions.min(initial=0) < 0 or positions.max(initial=0) >= len(test):
-        raise ArtifactError(f"{reference_scores_path(paths)} names rows outside rank/test.parquet ({len(test)} rows)")
+        raise ArtifactError(f"{paths.reference_scores_path} names rows outside rank/test.parquet ({len(test)} rows)")
     rows = test.iloc[positions].reset_index(drop=True)
     sparse, dense = combine_features(spec.encode_users(rows), spec.encode_items(rows))
     return CheckRows(sparse, dense, reference[S.SCORE].to_numpy(np.float32))

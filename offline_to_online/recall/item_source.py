@@ -86,22 +86,27 @@ def read_item_files(files: L.ItemFiles) -> ItemSource:
 
 
 def chain_parameters(paths: ArtifactPaths) -> dict[str, int | float]:
-    """The chain parameters that an item version is published with, from ``recall/chain_config.json``.
+    """The chain parameters that an item version is published with, from their two files
+    (``ArtifactPaths.chain_params_paths``): the trigger policy of item-to-item (``recall/i2i_params.json``)
+    and the ranking policy of the report (``rank/ranking_policy.json``).
 
-    ``max_triggers`` (item-to-item) and ``like_weight`` (the report) must both be there: a chain
-    configuration without ``like_weight`` means the offline run stopped before its report, and such a
-    half-finished run is not published. ``prior_weight`` takes the ranking policy's default when absent.
+    Both must be there: a missing ranking policy means the offline run stopped before its report, and
+    such a half-finished run is not published. ``prior_weight`` takes the ranking policy's default when absent.
     """
-    raw = read_json(paths.chain_config_path)
-    if not isinstance(raw, dict) or "max_triggers" not in raw:
-        raise ArtifactError(f"{paths.chain_config_path} lacks max_triggers: run offline/recall/s3_item_to_item.py")
-    if "like_weight" not in raw:
+    triggers = read_json(paths.i2i_params_path)
+    if not isinstance(triggers, dict) or "max_triggers" not in triggers:
+        raise ArtifactError(f"{paths.i2i_params_path} lacks max_triggers: run offline/recall/s3_item_to_item.py")
+    if not paths.ranking_policy_path.exists():
         raise ArtifactError(
-            f"{paths.chain_config_path} lacks like_weight: the offline run stopped before "
+            f"{paths.ranking_policy_path} is missing (no like_weight): the offline run stopped before "
             "offline/evaluate/s1_topk_report.py (which selects it); run it, then publish"
         )
-    resolved = {"prior_weight": RankingPolicy().prior_weight, **raw}
-    return L.check_chain_parameters({k: resolved[k] for k in L.CHAIN_KEYS}, paths.chain_config_path)
+    policy = read_json(paths.ranking_policy_path)
+    resolved = {"prior_weight": RankingPolicy().prior_weight, **triggers, **policy}
+    if "like_weight" not in resolved:
+        raise ArtifactError(f"{paths.ranking_policy_path} lacks like_weight: run offline/evaluate/s1_topk_report.py")
+    keys = [*L.CHAIN_KEYS, *(k for k in L.CHAIN_OPTIONAL_KEYS if k in resolved)]
+    return L.check_chain_parameters({k: resolved[k] for k in keys}, paths.ranking_policy_path)
 
 
 def require_known(catalogue: np.ndarray, ids: np.ndarray, name: str) -> None:

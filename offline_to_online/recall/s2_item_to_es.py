@@ -1,7 +1,8 @@
 """Recall stage 2: publish the item index (terms, vectors, popularity, neighbours), versioned and atomic.
 
 Reads preprocess/item_terms.parquet, recall/item_vectors.npz, recall/popularity.parquet,
-recall/item_neighbors.parquet and recall/chain_config.json (the chain parameters selected offline).
+recall/item_neighbors.parquet, recall/i2i_params.json and rank/ranking_policy.json (the chain
+parameters selected offline).
 Both profiles write a self-contained version folder online/items/<version>/ (copies of the four item
 files, chain.json, manifest.json with checksums) and switch online/items/CURRENT to it: the embedded
 profile serves from it, the compose profile falls back to it.

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from data_exchange_center.chain import DEFAULT_MAX_TRIGGERS, ItemIndexLike, RankingPolicy, UserState
+from data_exchange_center.chain import ItemIndexLike, RankingPolicy, TriggerPolicy, UserState
 from online.backends.versions import NotLoaded, Refreshing
 
 __all__ = ["NotLoaded", "Refreshing"]  # with the interfaces below
@@ -52,10 +52,10 @@ class ReadyStatus:
 
 @dataclass(frozen=True)
 class ChainParams:
-    """Chain parameters selected offline (``recall/chain_config.json``) and the quotas from settings."""
+    """Chain parameters selected offline (published in the item version) and the quotas from settings."""
 
     quotas: dict[str, int]
-    max_triggers: int = DEFAULT_MAX_TRIGGERS
+    triggers: TriggerPolicy = field(default_factory=TriggerPolicy)
     policy: RankingPolicy = field(default_factory=RankingPolicy)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from data_exchange_center import online_layout as L
-from data_exchange_center.chain import ItemIndexLike, RankingPolicy
+from data_exchange_center.chain import ItemIndexLike, RankingPolicy, TriggerPolicy
 from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.settings import Settings
 from online.backends.base import ChainParams, IndexSnapshot, ReadyStatus
@@ -34,7 +34,7 @@ def chain_quotas(settings: Settings) -> dict[str, int]:
 
 def chain_params(chain: dict[str, int | float], quotas: dict[str, int]) -> ChainParams:
     """``ChainParams`` from published chain parameters (``online_layout.check_chain_parameters``)."""
-    return ChainParams(quotas, int(chain["max_triggers"]), RankingPolicy.from_dict(dict(chain)))
+    return ChainParams(quotas, TriggerPolicy.from_dict(dict(chain)), RankingPolicy.from_dict(dict(chain)))
 
 
 def load_index_snapshot(store_dir: Path, quotas: dict[str, int], version: str) -> IndexSnapshot:

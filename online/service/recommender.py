@@ -20,6 +20,7 @@ the same functions the offline evaluation runs, so the served list is the evalua
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -185,7 +186,9 @@ class Recommender:
     def _recall(snapshot: IndexSnapshot, index: chain.ItemIndexLike, user: chain.UserState, req: _Request) -> Any:
         quotas = dict(snapshot.params.quotas)
         quotas["popularity"] = max(quotas.get("popularity", 0), req.size)  # a cold user still gets `size` items
-        return chain.recall_channels(index, user, quotas, req.variant.max_triggers(snapshot.params.max_triggers))
+        triggers = snapshot.params.triggers
+        triggers = dataclasses.replace(triggers, max_triggers=req.variant.max_triggers(triggers.max_triggers))
+        return chain.recall_channels(index, user, quotas, triggers)
 
     def fetch_features(self, req: _Request, items: np.ndarray) -> Encoded:
         """Model inputs: the user's row broadcast over the candidates' cached item rows."""

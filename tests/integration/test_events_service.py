@@ -36,7 +36,7 @@ from online.backends.sqlite_events import SqliteEventLog
 from online.main.s1_server import create_app, service_of
 from scripts.native_servers import REPO_ROOT, RedisServer, free_port
 from tests.fixtures_artifacts import TinyArtifacts
-from tests.online_support import CHAIN_CONFIG, QUOTAS, copy_published, publish_tiny, user_state
+from tests.online_support import POLICY, QUOTAS, TRIGGERS, copy_published, publish_tiny, user_state
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def expected_with_events(tiny: TinyArtifacts, userid: int, items: list[int], lab
     paths = tiny.paths
     state = apply_events(user_state(paths, userid), np.array(items), np.array(labels))
     quotas = dict(QUOTAS, popularity=max(QUOTAS["popularity"], size))
-    results, i2i_all = chain.recall_channels(ItemIndex.load(paths), state, quotas, int(CHAIN_CONFIG["max_triggers"]))
+    results, i2i_all = chain.recall_channels(ItemIndex.load(paths), state, quotas, TRIGGERS)
     candidates = chain.merge_candidates(results, *i2i_all)
     spec = FeatureSpec.load(paths.feature_spec_path)
     users = pd.read_parquet(paths.user_features_path)
@@ -102,7 +102,7 @@ def expected_with_events(tiny: TinyArtifacts, userid: int, items: list[int], lab
     sparse, dense = combine_features(user_part, item_part)
     session = ort.InferenceSession(str(paths.onnx_path), providers=["CPUExecutionProvider"])
     like = session.run(["score"], {"sparse_ids": sparse, "dense": dense})[0][:, 0]
-    policy = chain.RankingPolicy.from_dict(CHAIN_CONFIG)
+    policy = POLICY
     return chain.rank_and_cut(candidates, chain.final_scores(candidates, like, policy), size)[0].tolist()
 
 

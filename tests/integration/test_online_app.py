@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 from flask import Flask
 
-from data_exchange_center.artifacts import write_json
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import load_settings
 from online.backends.base import NotLoaded, ReadyStatus
 from online.main.s1_server import create_app, service_of
 from tests.fixtures_artifacts import TinyArtifacts, write_tiny_artifacts
 from tests.online_support import (
-    CHAIN_CONFIG,
     copy_published,
     expected_list,
     live_versions,
@@ -28,6 +26,7 @@ from tests.online_support import (
     publish_tiny,
     publish_users,
     user_state,
+    write_chain_params,
 )
 
 pytestmark = pytest.mark.integration
@@ -367,7 +366,7 @@ def wait_for_versions(app: Flask, userid: int, done: Any, timeout_s: float = 30)
 
 def test_the_expected_list_leaves_out_seen_items_and_is_sorted(tmp_path: Path) -> None:
     tiny = write_tiny_artifacts(tmp_path)
-    write_json(CHAIN_CONFIG, tiny.paths.chain_config_path)
+    write_chain_params(tiny.paths)
     userid = int(tiny.userids[3])
     items, scores = expected_list(tiny.paths, userid, 10)
     assert len(items) == 10 and len(set(items.tolist())) == 10

@@ -23,7 +23,7 @@ from data_exchange_center.settings import load_settings
 from online.backends.local_index import load_index_snapshot
 from online.main.s1_server import create_app, service_of
 from tests.fixtures_artifacts import TinyArtifacts
-from tests.online_support import CHAIN_CONFIG, QUOTAS, copy_published, expected_list, publish_tiny
+from tests.online_support import QUOTAS, TRIGGERS, copy_published, expected_list, publish_tiny
 
 pytestmark = pytest.mark.integration  # publishes through Feast (materializes)
 OFFLINE_DIRS = ("dataset", "preprocess", "recall", "rank")
@@ -75,7 +75,8 @@ def test_rerunning_offline_stages_changes_nothing_until_the_next_publish(tiny: T
     popularity = pd.read_parquet(paths.popularity_path)
     write_parquet(popularity.assign(**{S.SCORE: -popularity[S.SCORE]}), paths.popularity_path)
     write_parquet(pd.read_parquet(paths.item_neighbors_path).head(0), paths.item_neighbors_path)
-    write_json({"max_triggers": 0, "like_weight": 5.0}, paths.chain_config_path)
+    write_json({"max_triggers": 0}, paths.i2i_params_path)
+    write_json({"like_weight": 5.0}, paths.ranking_policy_path)
     assert served(data_dir, userids) == before
     from offline_to_online.recall import s2_item_to_es
 
@@ -91,7 +92,7 @@ def test_the_local_index_loads_the_copies_and_refuses_a_damaged_one(tiny: TinyAr
     for name in OFFLINE_DIRS:
         shutil.rmtree(data_dir / name, ignore_errors=True)
     snapshot = load_index_snapshot(store, QUOTAS, version)
-    assert snapshot.version == version and snapshot.params.max_triggers == CHAIN_CONFIG["max_triggers"]
+    assert snapshot.version == version and snapshot.params.triggers == TRIGGERS
     reference = ItemIndex.load(tiny.paths)
     assert [a.tolist() for a in snapshot.index.search_popular(7)] == [a.tolist() for a in reference.search_popular(7)]
     (store / version / L.ITEM_NEIGHBORS_FILE).write_bytes(b"\0" * 10)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from data_exchange_center import chain
 from data_exchange_center import schema as S
+from data_exchange_center.artifacts import write_json
 from data_exchange_center.item_index import ItemIndex, neighbor_matrix, top_k
 from data_exchange_center.topk_metrics import topk_metrics
 
@@ -108,3 +111,30 @@ def test_topk_metrics_golden_values() -> None:
     assert m["hit_rate"] == pytest.approx(0.5)
     idcg = 1 + 1 / np.log2(3)
     assert m["ndcg"] == pytest.approx((1 / np.log2(3)) / idcg / 2, abs=1e-6)  # reported to 6 digits
+
+
+def test_trigger_policy_weights_golden_values() -> None:
+    labels = np.array([1, 0, 1, 1], dtype=np.int8)  # oldest first
+    plain = chain.TriggerPolicy(max_triggers=3)
+    assert plain.weights(labels).tolist() == pytest.approx([chain.TRIGGER_WEIGHT_OTHER, 1.0, 1.0])
+    decayed = chain.TriggerPolicy(max_triggers=10, half_life=1.0, unliked_weight=0.5)
+    assert decayed.weights(labels).tolist() == pytest.approx([0.125, 0.5 * 0.25, 0.5, 1.0])
+    assert chain.TriggerPolicy(max_triggers=0).weights(labels).size == 0
+
+
+def test_trigger_policy_weights_equal_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, size=40)
+    policy = chain.TriggerPolicy(max_triggers=25, half_life=5.0, unliked_weight=0.4)
+    kept = labels[-25:]
+    expected = [(1.0 if kept[j] else 0.4) * 0.5 ** ((len(kept) - 1 - j) / 5.0) for j in range(len(kept))]
+    np.testing.assert_allclose(policy.weights(labels), expected, rtol=1e-6)
+
+
+def test_chain_parameters_round_trip_and_defaults(tmp_path: Path) -> None:
+    i2i_path, policy_path = tmp_path / "i2i.json", tmp_path / "policy.json"
+    assert chain.read_chain_parameters(i2i_path, policy_path) == (chain.TriggerPolicy(), chain.RankingPolicy())
+    triggers = chain.TriggerPolicy(max_triggers=1000, half_life=5.0, unliked_weight=0.5)
+    write_json(triggers.to_dict(), i2i_path)
+    write_json(chain.RankingPolicy(like_weight=0.5).to_dict(), policy_path)
+    assert chain.read_chain_parameters(i2i_path, policy_path) == (triggers, chain.RankingPolicy(like_weight=0.5))

@@ -325,7 +325,7 @@ def test_the_es_adapter_takes_version_and_chain_parameters_from_the_index(tmp_pa
     provider = EsItemIndex(settings, api=MetaOnlyEsApi(E.index_meta("20260101T000000000000Z-abcd", chain)))
     snapshot = provider._snapshot_of("recsys_items-20260101t000000000000z-abcd")
     assert snapshot.version == "20260101T000000000000Z-abcd"
-    assert snapshot.params.max_triggers == 7 and snapshot.params.policy.like_weight == 0.25
+    assert snapshot.params.triggers.max_triggers == 7 and snapshot.params.policy.like_weight == 0.25
     assert snapshot.params.policy.prior_weight == 0.02
     unversioned = EsItemIndex(settings, api=MetaOnlyEsApi({}))  # an index published without _meta
     with pytest.raises(ArtifactError, match="the _meta of index recsys_items-old"):

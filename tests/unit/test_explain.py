@@ -114,7 +114,7 @@ def test_explanations_name_the_users_real_triggers_and_reproduce_the_score() -> 
     user = chain.UserState(["Sci-Fi"], np.array([0.0, 1.0], np.float32), np.array([1, 2]), np.array([1, 0], np.int8))
     policy = chain.RankingPolicy()
     quotas = {"i2i": 5, "vector": 2, "term": 5, "popularity": 5}
-    results, i2i_all = chain.recall_channels(index, user, quotas, max_triggers=20)
+    results, i2i_all = chain.recall_channels(index, user, quotas, chain.TriggerPolicy(max_triggers=20))
     candidates = chain.merge_candidates(results, *i2i_all)
     like = np.linspace(0.9, 0.5, len(candidates.items)).astype(np.float32)
     scores = chain.final_scores(candidates, like, policy)

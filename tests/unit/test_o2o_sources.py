@@ -105,7 +105,7 @@ def test_an_embedded_item_version_holds_copies_of_everything_it_serves(tmp_path:
     # rerunning (or deleting) the offline artifacts leaves the published version as it was
     write_parquet(pd.DataFrame({S.ITEM_ID: tiny.itemids, S.SCORE: np.arange(len(tiny.itemids), dtype=np.float32)}),
                   tiny.paths.popularity_path)  # fmt: skip
-    for path in (tiny.paths.item_neighbors_path, tiny.paths.item_vectors_path, tiny.paths.chain_config_path):
+    for path in (tiny.paths.item_neighbors_path, tiny.paths.item_vectors_path, *tiny.paths.chain_params_paths):
         path.unlink()
     assert L.verify_version_files(folder) == manifest
     after = ItemIndex.from_files(L.ItemFiles.in_version(folder)).search_popular(5)
@@ -120,20 +120,23 @@ def test_an_embedded_item_version_holds_copies_of_everything_it_serves(tmp_path:
     ("config", "message"),
     [
         (None, "missing artifact"),
-        ({"max_triggers": 20}, "lacks like_weight: the offline run stopped before"),
+        ({"max_triggers": 20}, "is missing \\(no like_weight\\): the offline run stopped before"),
         ({"like_weight": 0.5}, "lacks max_triggers"),
         ({"max_triggers": 2.5, "like_weight": 0.5}, "max_triggers = 2.5 is not a whole number"),
         ({"max_triggers": 20, "like_weight": -1}, "like_weight = -1 is not a finite non-negative number"),
+        ({"max_triggers": 50, "half_life": -5.0, "like_weight": 1}, "half_life = -5.0 is not a finite non-negative"),
     ],
 )
 def test_a_half_finished_chain_configuration_is_not_published(
     tmp_path: Path, config: dict[str, float] | None, message: str
 ) -> None:
     tiny = write_tiny_artifacts(tmp_path)
-    if config is None:
-        tiny.paths.chain_config_path.unlink()
-    else:
-        write_json(config, tiny.paths.chain_config_path)
+    for path in tiny.paths.chain_params_paths:
+        path.unlink()
+    if config is not None:  # the trigger keys go to recall/3's file, the policy keys to the report's
+        write_json({k: v for k, v in config.items() if k != "like_weight"}, tiny.paths.i2i_params_path)
+        if "like_weight" in config:
+            write_json({"like_weight": config["like_weight"]}, tiny.paths.ranking_policy_path)
     with pytest.raises(ArtifactError, match=message):
         chain_parameters(tiny.paths)
     assert s2_item_to_es.main(["--data-dir", str(tmp_path), "--profile", "embedded", "--quiet"]) == 2

@@ -15,7 +15,7 @@ from data_exchange_center.settings import load_settings
 from offline_to_online.rank import s2_model_to_triton, s3_check_offline_and_online
 from offline_to_online.rank.triton_publish import PYTHON_MODEL_SOURCE
 from offline_to_online.rank.triton_repo import check_onnx_model, config_pbtxt
-from tests.fixtures_artifacts import reference_scores_path, write_tiny_artifacts
+from tests.fixtures_artifacts import write_tiny_artifacts
 
 pytestmark = pytest.mark.unit
 
@@ -149,10 +149,10 @@ def test_check_compares_onnxruntime_with_the_reference(tmp_path: Path, capsys: p
     assert "onnxruntime (1/model.onnx)" in out and " 1000 " in out and " yes" in out
     import pandas as pd
 
-    reference = pd.read_parquet(reference_scores_path(tiny.paths))
-    reference.head(999).to_parquet(reference_scores_path(tiny.paths))
+    reference = pd.read_parquet(tiny.paths.reference_scores_path)
+    reference.head(999).to_parquet(tiny.paths.reference_scores_path)
     assert s3_check_offline_and_online.main(["--data-dir", str(tmp_path)]) == 2  # too few reference rows
     reference.loc[3, "score"] += 2e-5
-    reference.to_parquet(reference_scores_path(tiny.paths))
+    reference.to_parquet(tiny.paths.reference_scores_path)
     assert s3_check_offline_and_online.main(["--data-dir", str(tmp_path)]) == 4
     assert " NO" in capsys.readouterr().out

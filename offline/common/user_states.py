@@ -1,7 +1,9 @@
-"""Per-user recommenders for each recall channel, built from the artifacts with the shared chain steps.
+"""The offline reader of the user artifacts, and per-user recommenders for each recall channel.
 
-The recall stages evaluate their own channel with these; the top-K report evaluates all of them, the
-merged candidates and the final ranked list (``offline/evaluate/s1_topk_report.py``).
+``UserStates`` is the one offline reader of the user artifacts (``preprocess/user_profiles.parquet``,
+``recall/user_seen.parquet``, ``recall/user_vectors.npz``): what the embedded profile store serves.
+The recall stages evaluate their own channel with ``channel_recommender``; the top-K report evaluates
+all of them, the merged candidates and the final ranked list (``offline/evaluate/s1_topk_report.py``).
 """
 
 from __future__ import annotations
@@ -45,33 +47,19 @@ class UserStates:
 
 
 def channel_recommender(
-    index: ItemIndex, users: UserStates, channel: str, k: int, max_triggers: int = chain.DEFAULT_MAX_TRIGGERS
+    index: ItemIndex, users: UserStates, channel: str, k: int, triggers: chain.TriggerPolicy | None = None
 ) -> Recommender:
     """Top ``k`` of one channel, filled up with popularity when the channel has fewer than ``k`` items."""
 
     def recommend(user_id: int) -> np.ndarray:
         user = users.get(user_id)
-        results, _ = chain.recall_channels(index, user, {channel: k, "popularity": k}, max_triggers)
+        quotas = {channel: k, "popularity": k}
+        results, _ = chain.recall_channels(index, user, quotas, triggers or chain.TriggerPolicy())
         own = results.get(channel, (np.zeros(0, np.int64), None))[0]
         fill = results["popularity"][0]
         return np.concatenate([own, fill[~np.isin(fill, own)]])[:k]
 
     return recommend
-
-
-def popularity_table(samples: pd.DataFrame) -> pd.DataFrame:
-    """Items by number of positive offline impressions (the popularity channel), most popular first."""
-    offline = samples[(samples[S.SPLIT] != S.SPLIT_ONLINE) & (samples[S.LABEL] == 1)]
-    counts = offline.groupby(S.ITEM_ID).size().sort_values(ascending=False, kind="stable")
-    return pd.DataFrame({S.ITEM_ID: counts.index.to_numpy(np.int64), S.SCORE: counts.to_numpy(np.float32)})
-
-
-def user_seen_table(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per user, the offline items in time order with their labels (the seen filter and i2i triggers)."""
-    offline = samples[samples[S.SPLIT] != S.SPLIT_ONLINE]  # sorted by user, then time
-    user_ids, items = split_by_user(offline, S.ITEM_ID)
-    _, labels = split_by_user(offline, S.LABEL)
-    return pd.DataFrame({S.USER_ID: user_ids, S.ITEMS: items, S.LABELS: [a.astype(np.int8) for a in labels]})
 
 
 def split_by_user(rows: pd.DataFrame, column: str) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from data_exchange_center import schema as S
 from data_exchange_center.topk_metrics import topk_metrics
-from offline.evaluate.channels import split_by_user
+from offline.common.user_states import split_by_user
 
 TOPK = 50
 MERGED_RECALL_K = 200
