@@ -220,10 +220,32 @@ def model_versions(repository_dir: Path, model: str = MODEL_NAME) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and any(p.iterdir()))
 
 
-def latest_model_path(repository_dir: Path, model: str = MODEL_NAME) -> Path | None:
-    """``<repo>/<model>/<highest version>/model.onnx``: what Triton serves and the embedded scorer loads."""
+MODEL_CONFIG_FILE = "config.pbtxt"
+_PINNED_POLICY = re.compile(r"version_policy:\s*\{\s*specific:\s*\{\s*versions:\s*\[\s*(\d+)\s*\]\s*\}\s*\}")
+
+
+def pinned_model_version(config_text: str) -> int | None:
+    """The version that a ``config.pbtxt`` pins (``version_policy: { specific: { versions: [ N ] } }``,
+    written by a rollback), or None for ``latest``."""
+    match = _PINNED_POLICY.search(config_text)
+    return int(match.group(1)) if match else None
+
+
+def served_model_version(repository_dir: Path, model: str = MODEL_NAME) -> int | None:
+    """The version Triton serves: the pinned one when the config pins an existing version, else the highest."""
     versions = model_versions(repository_dir, model)
-    if not versions:
+    config = repository_dir / model / MODEL_CONFIG_FILE
+    pinned = pinned_model_version(config.read_text()) if config.exists() else None
+    if pinned is not None and pinned in versions:
+        return pinned
+    return versions[-1] if versions else None
+
+
+def latest_model_path(repository_dir: Path, model: str = MODEL_NAME) -> Path | None:
+    """``<repo>/<model>/<served version>/model.onnx``: what Triton serves and the embedded scorer loads
+    (the highest version, or the one a rollback pinned)."""
+    version = served_model_version(repository_dir, model)
+    if version is None:
         return None
-    path = repository_dir / model / str(versions[-1]) / "model.onnx"
+    path = repository_dir / model / str(version) / "model.onnx"
     return path if path.exists() else None

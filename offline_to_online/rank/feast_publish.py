@@ -230,18 +230,20 @@ def publish_features(
     version: str | None = None,
     n_verify: int = N_VERIFY_SAMPLE,
     event_time: datetime | None = None,
+    yaml_config: dict[str, Any] | None = None,
 ) -> FeastPublishReport:
     """Snapshot, write the repository, apply + materialize + verify on a staging registry, switch it.
 
     SQLite when both URLs are None. ``yaml_redis_url`` is the Redis that the feature server will use
     (written to the yaml); ``store_redis_url`` the one this process reaches (they differ inside and
-    outside compose). ``event_time`` defaults to the version's time (a rollback passes now).
+    outside compose). ``event_time`` defaults to the version's time (a rollback passes now), and
+    ``yaml_config`` replaces the generated ``feature_store.yaml`` (a rollback keeps the live one).
     """
     version = version or L.new_version()
     event_time = event_time or event_time_of(version)
     repo_dir = paths.feature_repo_dir
     snapshot_version(repo_dir, version, prepared)
-    write_repo(repo_dir, prepared, version, F.store_config(project, yaml_redis_url), event_time)
+    write_repo(repo_dir, prepared, version, yaml_config or F.store_config(project, yaml_redis_url), event_time)
     config = F.store_config(project, store_redis_url, password_placeholder=False)
     live_registry = repo_dir / F.REGISTRY_PATH
     staging = repo_dir / staging_config(config, version)["registry"]["path"]

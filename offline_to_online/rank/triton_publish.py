@@ -5,9 +5,10 @@
   ``<N>/model.py`` + ``<N>/model.onnx``.
 
 A version folder is assembled in a staging folder beside the repository (outside it, so Triton never
-sees it as a model) and renamed into place; ``config.pbtxt`` is then replaced atomically. ``N`` is one
-more than the highest version in either repository, so both carry the same number. Only the newest
-``KEEP_VERSIONS`` versions stay (Triton serves the latest; the one before allows a rollback).
+sees it as a model) and renamed into place; ``config.pbtxt`` is then replaced atomically (policy
+``latest``: a pin left by a rollback ends here). ``N`` is one more than the highest version in either
+repository, so both carry the same number. Only the new version and the one served before it stay
+(Triton serves the latest; the one before is what ``s4_rollback --component model`` pins).
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ from pathlib import Path
 
 from data_exchange_center import model_signature as sig
 from data_exchange_center.artifacts import atomic_path
-from data_exchange_center.online_layout import model_versions
+from data_exchange_center.online_layout import model_versions, served_model_version
 from offline_to_online.common import make_readable
 from offline_to_online.rank.triton_repo import Backend, config_pbtxt
 
 log = logging.getLogger(__name__)
 
-KEEP_VERSIONS = 2
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_backend_model.py")
 
 
@@ -68,9 +68,9 @@ def write_config(repository: Path, n_sparse: int, n_dense: int, backend: Backend
     return path
 
 
-def prune_versions(repository: Path, keep: int = KEEP_VERSIONS) -> list[Path]:
-    versions = model_versions(repository)
-    doomed = [repository / sig.MODEL_NAME / str(v) for v in versions[: max(len(versions) - keep, 0)]]
+def prune_versions(repository: Path, keep: set[int]) -> list[Path]:
+    """Delete every version folder not in ``keep`` (the new version and the one served before it)."""
+    doomed = [repository / sig.MODEL_NAME / str(v) for v in model_versions(repository) if v not in keep]
     for folder in doomed:
         shutil.rmtree(folder, ignore_errors=True)
     return doomed
@@ -89,8 +89,9 @@ def publish_model(
     deleted: list[Path] = []
     for backend, repository in repositories.items():
         remove_staging_leftovers(repository)
+        previous = served_model_version(repository)
         folder = write_version(repository, version, onnx_path, backend)
         write_config(repository, n_sparse, n_dense, backend)
-        deleted += prune_versions(repository)
+        deleted += prune_versions(repository, {version} | ({previous} if previous is not None else set()))
         log.info("Triton (%s backend): %s written", backend, folder)
     return TritonPublishReport(version, {b: r for b, r in repositories.items()}, deleted)

@@ -127,6 +127,24 @@ def smoke_run(path: Path, n_sparse: int, n_dense: int, batch: int = 3) -> None:
         )
 
 
+LATEST_POLICY = "version_policy: { latest: { num_versions: 1 } }"
+
+
+def version_policy(pinned: int | None = None) -> str:
+    """Triton's ``version_policy`` line: the latest version, or exactly ``pinned`` (a rollback)."""
+    return LATEST_POLICY if pinned is None else f"version_policy: {{ specific: {{ versions: [ {int(pinned)} ] }} }}"
+
+
+def with_version_policy(config_text: str, pinned: int | None) -> str:
+    """``config_text`` with its ``version_policy`` line replaced (what a rollback writes)."""
+    lines = config_text.splitlines(keepends=True)
+    hits = [i for i, line in enumerate(lines) if line.startswith("version_policy:")]
+    if len(hits) != 1:
+        raise ArtifactError(f"a Triton config must have one version_policy line, this one has {len(hits)}")
+    lines[hits[0]] = version_policy(pinned) + "\n"
+    return "".join(lines)
+
+
 def config_pbtxt(n_sparse: int, n_dense: int, backend: Backend, max_batch_size: int = sig.MAX_BATCH_SIZE) -> str:
     """Triton's ``config.pbtxt`` for ``ml_rec`` (``onnxruntime_onnx`` platform, or the Python backend)."""
     if max_batch_size < 256:
@@ -136,7 +154,7 @@ def config_pbtxt(n_sparse: int, n_dense: int, backend: Backend, max_batch_size: 
 name: "{sig.MODEL_NAME}"
 {engine}
 max_batch_size: {max_batch_size}
-version_policy: {{ latest: {{ num_versions: 1 }} }}
+{version_policy()}
 input [
   {{
     name: "{sig.INPUT_SPARSE}"

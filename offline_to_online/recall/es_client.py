@@ -112,3 +112,8 @@ class ElasticsearchApi:
 
     def delete_index(self, name: str) -> None:
         self.client.indices.delete(index=name, ignore_unavailable=True)
+
+    def mapping_meta(self, name: str) -> dict[str, Any]:
+        """The ``_meta`` of an index's mapping ({} when it has none)."""
+        reply = self.client.indices.get_mapping(index=name).body
+        return dict(reply.get(name, {}).get("mappings", {}).get("_meta") or {})

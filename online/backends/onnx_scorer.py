@@ -1,8 +1,9 @@
 """The embedded scorer: ONNX Runtime in-process on the exported ranker.
 
-It loads the newest version of ``ml_rec`` in the Triton model repository (what Triton serves; see
-``online_layout.latest_model_path``); the training output ``rank/model/model.onnx`` is never read (a
-model is served only once ``s2_model_to_triton`` has published it).
+It loads the served version of ``ml_rec`` in the Triton model repository (what Triton serves: the
+newest, or the one a rollback pinned; see ``online_layout.served_model_version``); the training
+output ``rank/model/model.onnx`` is never read (a model is served once ``s2_model_to_triton`` has
+published it).
 One session per worker process, one intra-op thread (the workers and request threads are the
 parallelism); ``InferenceSession.run`` is thread-safe. The compose profile uses it as Triton's fallback.
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from data_exchange_center import model_signature as sig
 from data_exchange_center.artifacts import ArtifactError
-from data_exchange_center.online_layout import latest_model_path, model_versions
+from data_exchange_center.online_layout import latest_model_path, served_model_version
 from data_exchange_center.settings import Settings
 from online.backends.base import ReadyStatus
 from online.backends.versions import Refreshing
@@ -57,8 +58,8 @@ class ModelLocator:
         self.repository = settings.paths.model_repository_dir
 
     def probe(self) -> str | None:
-        versions = model_versions(self.repository)
-        return f"{sig.MODEL_NAME}/{versions[-1]}" if versions else None
+        version = served_model_version(self.repository)  # the highest, or the one a rollback pinned
+        return None if version is None else f"{sig.MODEL_NAME}/{version}"
 
     def path_of(self, version: str) -> Path:
         path = latest_model_path(self.repository)

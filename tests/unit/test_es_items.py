@@ -226,6 +226,9 @@ class FakeEsApi:
         for holders in self.aliases.values():
             holders.discard(name)
 
+    def mapping_meta(self, name: str) -> dict[str, Any]:
+        return dict(self.bodies[name]["mappings"].get("_meta") or {})
+
 
 def test_publish_builds_verifies_switches_and_cleans_up(tmp_path: Path) -> None:
     source = load_item_source(write_tiny_artifacts(tmp_path).paths)
