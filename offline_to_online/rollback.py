@@ -157,6 +157,8 @@ def triton_pointer(repository: Path) -> Pointer:
             raise ArtifactError(f"no model version {version} in {repository}")
         if not config.exists():
             raise ArtifactError(f"no {config}: publish the model first")
+        for leftover in config.parent.glob(f".{config.name}.*.tmp"):  # a run killed while writing left it
+            leftover.unlink(missing_ok=True)
 
     def switch(version: str) -> None:
         pinned = None if int(version) == max(L.model_versions(repository)) else int(version)
