@@ -43,7 +43,7 @@ SKIP_INSTALL ?=
 INSTALL_DEP := $(if $(filter 1 yes,$(SKIP_INSTALL)),,install)
 URL = http://$(HOST):$(PORT)
 GUNICORN = RECSYS_PROFILE=$(PROFILE) RECSYS_HOST=$(HOST) RECSYS_PORT=$(PORT) \
-	$(PYTHON) -m gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --threads $(THREADS) \
+	$(PYTHON) -m gunicorn -c python:online.main.gunicorn_conf --bind $(HOST):$(PORT) --workers $(WORKERS) --threads $(THREADS) \
 	--access-logfile - 'online.main.s1_server:create_app()'
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)

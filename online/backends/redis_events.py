@@ -19,6 +19,7 @@ from data_exchange_center.events import Event, StoredEvent
 from data_exchange_center.settings import Settings
 from online.backends.base import BackendError, ReadyStatus
 from online.backends.event_log import AppendResult
+from online.backends.redis_calls import bounded_client
 
 POOL_SIZE = 64
 WRITE_TIMEOUT_S = 5.0
@@ -82,9 +83,7 @@ class RedisEventLog:
         self.prefix = R.events_prefix(settings.redis_namespace)
         self.namespace = settings.redis_namespace
         self.ttl_s = settings.event_id_ttl_s
-        self.reader = client or redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, max_connections=POOL_SIZE
-        )
+        self.reader = client or bounded_client(url, timeout_s, POOL_SIZE)  # never retries: on the request path
         self.writer = client or redis.Redis.from_url(
             url, socket_timeout=WRITE_TIMEOUT_S, socket_connect_timeout=WRITE_TIMEOUT_S, max_connections=POOL_SIZE
         )

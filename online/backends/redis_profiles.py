@@ -1,9 +1,10 @@
 """The compose profile's user profile store: Redis, in the key layout of ``data_exchange_center.redis_layout``.
 
-A request reads the live version from the pointer key (cached ``POINTER_CACHE_TTL_S``; on an empty
-reply the pointer is read once more, in case the version just switched and the old one was deleted)
-and then the user's hash with one ``HGETALL``. Every call carries the request's time budget as socket
-timeout; the client's connection pool is thread-safe and made once per worker process.
+The live version (the pointer key) is re-read by the service's background thread every
+``POINTER_CACHE_TTL_S``, never on a request's clock. A request reads the user's hash with one
+``HGETALL`` bounded by its own budget (``redis_calls``); on an empty reply the pointer is read once
+more within that budget, in case the version just switched and the old one was deleted. The client
+never retries and its connection pool is made once per worker process.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from data_exchange_center import redis_layout as R
 from data_exchange_center.chain import UserState
 from data_exchange_center.settings import Settings
 from online.backends.base import BackendError, ReadyStatus
+from online.backends.redis_calls import bounded_client, call, hgetall
 from online.backends.versions import Refreshing
-
-POOL_SIZE = 64
 
 
 class RedisProfileStore:
@@ -29,54 +29,56 @@ class RedisProfileStore:
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.namespace = settings.redis_namespace
-        timeout_s = settings.backend_timeout_ms / 1000
-        self.client = client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, max_connections=POOL_SIZE
-        )
-        self._pointer: tuple[str | None, float] = (None, 0.0)  # (version, read at)
+        self.timeout_s = settings.backend_timeout_ms / 1000
+        self.client = client or bounded_client(settings.redis_url, self.timeout_s)
+        self._version: str | None = None
+        self._next_check = 0.0
+        self.last_error: str | None = None
 
-    def _read_pointer(self) -> str | None:
-        raw = cast(bytes | None, self.client.get(R.pointer_key(self.namespace)))
+    def _read_pointer(self, timeout_s: float) -> str | None:
+        raw = cast(bytes | None, call(self.client, timeout_s, "GET", R.pointer_key(self.namespace)))
         version = None if raw is None else raw.decode()
-        self._pointer = (version, time.monotonic())
-        return version
-
-    def version(self, max_age_s: float = R.POINTER_CACHE_TTL_S) -> str | None:
-        version, read_at = self._pointer
-        if version is None or time.monotonic() - read_at > max_age_s:
-            return self._read_pointer()
+        self._version = version
         return version
 
     def fetch(self, userid: int, timeout_s: float) -> tuple[UserState | None, str]:
-        version = self.version()
+        version = self._version
         if version is None:
-            raise BackendError("profile", f"no users version published under {self.namespace!r}")
+            raise BackendError("profile", f"no users version read yet under {self.namespace!r}: {self.last_error}")
+        started = time.perf_counter()
         fields = self._hgetall(version, userid, timeout_s)
         if not fields:  # unknown user, or the version switched: read the pointer once more
-            fresh = self._read_pointer()
-            if fresh is not None and fresh != version:
-                version, fields = fresh, self._hgetall(fresh, userid, timeout_s)
+            left = timeout_s - (time.perf_counter() - started)
+            fresh = self._read_pointer(left) if left > 0.001 else None
+            left = timeout_s - (time.perf_counter() - started)
+            if fresh is not None and fresh != version and left > 0.001:
+                version, fields = fresh, self._hgetall(fresh, userid, left)
         record = R.decode_user(userid, fields)
         if record is None:
             return None, version
         return UserState(record.terms, record.vector, record.seen, record.seen_labels), version
 
     def _hgetall(self, version: str, userid: int, timeout_s: float) -> dict[bytes, bytes]:
-        """One HGETALL; the socket timeout is the backend budget set on the client (redis-py has no
-        per-call timeout), the breaker stops calls while Redis is down."""
-        key = R.user_key(self.namespace, version, userid)
-        return cast(dict[bytes, bytes], self.client.hgetall(key))  # type: ignore[arg-type]
+        return hgetall(self.client, timeout_s, R.user_key(self.namespace, version, userid))
 
     def maybe_refresh(self) -> None:
-        pass  # the pointer is re-read by requests at most every POINTER_CACHE_TTL_S
+        """Re-read the pointer every ``POINTER_CACHE_TTL_S`` (the service's background thread)."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + R.POINTER_CACHE_TTL_S
+        try:
+            self._read_pointer(max(self.timeout_s, 1.0))
+            self.last_error = None if self._version is not None else "no users version published yet"
+        except redis.RedisError as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
 
     def snapshots(self) -> list[Refreshing[Any]]:
         return []  # the versions live in Redis
 
     def status(self) -> ReadyStatus:
         try:
-            self.client.ping()
-            version = self._read_pointer()
+            version = self._read_pointer(max(self.timeout_s, 0.5))
         except redis.RedisError as exc:
             return ReadyStatus(False, self.name, None, f"{type(exc).__name__}: {exc}")
         if version is None:

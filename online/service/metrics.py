@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -48,6 +48,11 @@ class Metrics:
                               ["outcome"], registry=r)  # fmt: skip
         self.version_switches = Counter("recsys_version_switches_total", "hot switches to a new published version",
                                         ["component"], registry=r)  # fmt: skip
+        # per worker process: under gunicorn each worker's series carries its pid label
+        self.breaker_open = Gauge("recsys_breaker_open", "1 while a backend's circuit breaker is open (per worker)",
+                                  ["component"], registry=r, multiprocess_mode="liveall")  # fmt: skip
+        self.rejected = Counter("recsys_rejected_total", "requests refused at once (rate limit)",
+                                ["reason"], registry=r)  # fmt: skip
 
         self._children: dict[tuple[str, str], Any] = {}
 

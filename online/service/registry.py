@@ -28,6 +28,7 @@ ADAPTERS: dict[str, dict[str, str]] = {
     },
     "features": {
         "local": "online.backends.feast_embedded:EmbeddedFeatureStore",
+        "feast-redis": "online.backends.feast_redis:FeastRedisFeatureStore",
         "feast-server": "online.backends.feast_http:FeastHttpFeatureStore",
     },
     "scorer": {
@@ -37,6 +38,7 @@ ADAPTERS: dict[str, dict[str, str]] = {
 }
 FALLBACKS: dict[str, str] = {
     "index": "online.backends.local_index:LocalItemIndex",
+    "features": "online.backends.feature_files:FeatureFilesStore",
     "scorer": "online.backends.onnx_scorer:OnnxScorer",
 }
 

@@ -37,11 +37,19 @@ class Deadline:
 class CircuitBreaker:
     """Consecutive-failure breaker for one backend (thread-safe)."""
 
-    def __init__(self, name: str, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        name: str,
+        failures: int,
+        reset_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
         self.name = name
         self.failures = failures
         self.reset_s = reset_s
         self._clock = clock
+        self._on_change = on_change  # called with True when the breaker opens, False when it closes
         self._lock = threading.Lock()
         self._consecutive = 0
         self._opened_at: float | None = None
@@ -70,16 +78,23 @@ class CircuitBreaker:
         if self._consecutive == 0 and self._opened_at is None:
             return
         with self._lock:
+            was_open = self._opened_at is not None
             self._consecutive = 0
             self._opened_at = None
             self._trial_running = False
+        if was_open and self._on_change is not None:
+            self._on_change(False)
 
     def record_failure(self) -> None:
         with self._lock:
+            was_open = self._opened_at is not None
             self._consecutive += 1
             self._trial_running = False
             if self._opened_at is not None or self._consecutive >= self.failures:
                 self._opened_at = self._clock()
+            opened = not was_open and self._opened_at is not None
+        if opened and self._on_change is not None:
+            self._on_change(True)
 
 
 class Guard:

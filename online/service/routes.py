@@ -11,9 +11,10 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from online.service.errors import HTTP_CODES, ServiceError, Unauthorized, UnsupportedMediaType
+from online.service.errors import HTTP_CODES, RateLimited, ServiceError, Unauthorized, UnsupportedMediaType
 from online.service.event_routes import MAX_EVENTS_BODY_BYTES, register_event_routes
 from online.service.observability import REQUEST_ID_HEADER, request_id_from
+from online.service.rate_limit import RateLimiter
 from online.service.service import RecService
 from online.service.validation import parse_rec_request
 
@@ -34,6 +35,8 @@ def error_response(code: str, message: str, status: int) -> Response:
 def register_routes(app: Flask, service: RecService) -> None:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     api_key = service.settings.api_key.get_secret_value() if service.settings.api_key else ""
+    settings = service.settings
+    limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst) if settings.rate_limit_rps else None
 
     @app.before_request
     def start_request() -> None:
@@ -46,9 +49,14 @@ def register_routes(app: Flask, service: RecService) -> None:
     def recommend() -> Response:
         if api_key and not hmac.compare_digest(request.headers.get(API_KEY_HEADER, "").encode(), api_key.encode()):
             raise Unauthorized(f"send a valid API key in the {API_KEY_HEADER} header")
+        if limiter is not None:
+            client = request.headers.get(API_KEY_HEADER) or request.remote_addr or "unknown"
+            wait_s = limiter.retry_after(client)
+            if wait_s:
+                service.metrics.child("rejected", "rate_limit").inc()
+                raise RateLimited(f"more than {settings.rate_limit_rps:g} requests per second; retry later", wait_s)
         if request.mimetype != JSON_TYPE:
             raise UnsupportedMediaType(f"send the body as {JSON_TYPE}, not {request.mimetype or 'no content type'}")
-        settings = service.settings
         req = parse_rec_request(request.get_data(cache=False), settings.default_size, settings.max_size)
         g.userid = req.userid
         rec = service.recommend(req.userid, req.size)
@@ -75,6 +83,8 @@ def register_routes(app: Flask, service: RecService) -> None:
         response = error_response(exc.code, exc.message, exc.status)
         if exc.status == 503:
             response.headers["Retry-After"] = "1"
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
         return response
 
     @app.errorhandler(HTTPException)

@@ -78,7 +78,9 @@ class RecService:
 
     def _guard(self, name: str) -> Guard:
         s = self.settings
-        breaker = CircuitBreaker(name, s.breaker_failures, s.breaker_reset_s)
+        gauge = self.metrics.breaker_open.labels(name)
+        gauge.set(0)
+        breaker = CircuitBreaker(name, s.breaker_failures, s.breaker_reset_s, on_change=gauge.set)
         return Guard(breaker, s.backend_timeout_ms / 1000, lambda b: self.metrics.backend_errors.labels(b).inc())
 
     def snapshots(self) -> list[Refreshing[Any]]:
@@ -155,7 +157,8 @@ class RecService:
                 (degraded if can_fall_back else unavailable).append(role)
         strict = self.settings.ready_strict
         ready = not unavailable and not (strict and degraded)
-        return ready, {"backends": report, "degraded": degraded, "unavailable": unavailable, "strict": strict}
+        return ready, {"backends": report, "degraded": degraded, "unavailable": unavailable, "strict": strict,
+                       "worker_pid": os.getpid()}  # breakers and snapshots are per worker process
 
     def close(self) -> None:
         self.background.stop()

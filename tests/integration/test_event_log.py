@@ -18,11 +18,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import redis
 
-from data_exchange_center.events import Event, read_event_log
+from data_exchange_center.events import Event
 from data_exchange_center.settings import load_settings
 from online.backends.base import BackendError
 from online.backends.event_log import EventLog, build_event_log
@@ -145,7 +144,7 @@ def test_kill_9_of_redis_during_ingest_loses_no_acknowledged_event(tmp_path: Pat
 
 WRITER = """
 import sys
-from data_exchange_center.events import Event, read_event_log
+from data_exchange_center.events import Event
 from online.backends.event_log import build_event_log
 from data_exchange_center.settings import load_settings
 log = build_event_log(load_settings({"event_store": sys.argv[1], "data_dir": sys.argv[2], "redis_url": sys.argv[3]},
@@ -185,19 +184,3 @@ def test_kill_9_of_the_writer_during_ingest_loses_no_acknowledged_event(
     assert expected <= stored, f"{len(expected - stored)} acknowledged events lost"
     assert len(stored) % 100 == 0  # a batch is stored whole or not at all
     log.close()
-
-
-def test_the_offline_reader_exports_both_logs_alike(tmp_path: Path, redis_server: RedisServer) -> None:
-    namespace = f"x{uuid.uuid4().hex[:8]}"
-    settings = load_settings({"event_store": "redis", "redis_url": redis_server.url, "redis_namespace": namespace},
-                             environ={})  # fmt: skip
-    redis_log, sqlite_log = RedisEventLog(settings), SqliteEventLog(path=tmp_path / "events.sqlite3")
-    events = make_events(4) + [Event("t", 2, 5, 5.0, "like", 3)]
-    for log in (redis_log, sqlite_log):
-        log.append(events)
-    from_redis = read_event_log(f"{redis_server.url}#{namespace}")
-    from_sqlite = read_event_log(str(tmp_path / "events.sqlite3"))
-    assert from_redis["event_id"].tolist() == [e.event_id for e in events]
-    columns = ["event_id", "userid", "itemid", "rating", "type", "timestamp"]
-    pd.testing.assert_frame_equal(from_redis[columns], from_sqlite[columns], check_dtype=False)
-    redis_log.close()

@@ -57,24 +57,3 @@ def test_direct_publish_reports_exact_knn(settings: Settings) -> None:
     api = ElasticsearchApi(connect_es(settings))
     report = publish_items_to_es(api, load_item_source(tiny.paths), settings.es_index_alias, progress=False)
     assert report.knn_agreement == 1.0
-
-
-def test_the_online_adapter_reads_neighbours_and_excludes_every_seen_item(settings: Settings) -> None:
-    """The online side's requests against the live cluster: ``_mget`` answers (no HTTP 400), the chain
-    parameters come from the index's ``_meta``, and an exclusion list longer than the catalogue is obeyed."""
-    from data_exchange_center.item_index import ItemIndex
-    from online.backends.es_index import EsItemIndex
-
-    tiny = write_tiny_artifacts(settings.data_dir)
-    report = item_to_es(settings, progress=False)
-    assert isinstance(report, EsPublishReport)
-    provider = EsItemIndex(settings.model_copy(update={"backend_timeout_ms": 5000}))
-    snapshot = provider._snapshot_of(report.index)
-    assert snapshot.version == report.version and snapshot.params.max_triggers == 20
-    local = ItemIndex.load(tiny.paths)
-    triggers = tiny.itemids[:3]
-    got, want = snapshot.index.neighbors_of(triggers), local.neighbors_of(triggers)
-    assert got[0][:, : want[0].shape[1]].tolist() == want[0].tolist()
-    seen = list(range(-20_000, 0)) + tiny.itemids[:-5].tolist()  # 20,000 unknown ids, then all but 5 items
-    items, _ = snapshot.index.search_popular(50, seen)
-    assert sorted(items.tolist()) == sorted(tiny.itemids[-5:].tolist())

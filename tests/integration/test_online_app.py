@@ -372,3 +372,15 @@ def test_the_expected_list_leaves_out_seen_items_and_is_sorted(tmp_path: Path) -
     assert len(items) == 10 and len(set(items.tolist())) == 10
     assert not np.isin(items, user_state(tiny.paths, userid).seen).any()
     assert (np.diff(scores) <= 0).all()
+
+
+def test_a_client_over_its_rate_gets_429_with_retry_after(tiny: TinyArtifacts) -> None:
+    app = make_app(tiny.paths.data_dir, rate_limit_rps=0.5, rate_limit_burst=2)
+    client = app.test_client()
+    key = {"X-API-Key": "client-a"}
+    statuses = [client.post("/ml/rec", json={"userid": int(tiny.userids[1])}, headers=key) for _ in range(3)]
+    assert [r.status_code for r in statuses] == [200, 200, 429]
+    assert statuses[2].headers["Retry-After"] == "2" and statuses[2].get_json()["error"]["code"] == "rate_limited"
+    other = client.post("/ml/rec", json={"userid": int(tiny.userids[1])}, headers={"X-API-Key": "client-b"})
+    assert other.status_code == 200  # another client's bucket
+    assert 'recsys_rejected_total{reason="rate_limit"} 1.0' in client.get("/metrics").data.decode()

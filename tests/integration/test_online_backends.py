@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from flask import Flask
 
@@ -22,6 +23,8 @@ from data_exchange_center.settings import Settings, load_settings
 from online.backends.embedded_profiles import EmbeddedProfileStore
 from online.backends.feast_embedded import EmbeddedFeatureStore, load_feature_tables
 from online.backends.feast_http import FeastHttpFeatureStore
+from online.backends.feast_redis import FeastRedisFeatureStore
+from online.backends.feature_files import FeatureFilesStore
 from online.backends.local_index import LocalItemIndex
 from online.backends.onnx_scorer import OnnxScorer
 from online.main.s1_server import create_app, service_of
@@ -30,7 +33,8 @@ from tests.fixtures_artifacts import TinyArtifacts
 from tests.online_support import expected_list, publish_tiny
 
 pytestmark = pytest.mark.integration
-RESILIENCE = {"breaker_failures": 2, "breaker_reset_s": 0.3, "backend_timeout_ms": 200, "log_level": "WARNING"}
+RESILIENCE = {"breaker_failures": 2, "breaker_reset_s": 0.3, "backend_timeout_ms": 200, "log_level": "WARNING",
+              "event_store": "sqlite"}  # fmt: skip  (the event log has its own tests)
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +218,66 @@ def test_feast_feature_server_rows_equal_the_sdk_and_survive_its_death(
     proc.wait(timeout=30)
     body = recommend(app, userid)
     assert body["degraded"] == ["features"] and items_of(body) == items_of(healthy)  # the cached row
+
+
+def load_now(store: Any, timeout_s: float = 60) -> None:
+    """Run a store's version checks until its snapshots are loaded (what the service's thread does)."""
+    for refreshing in store.snapshots():
+        refreshing.check_interval_s = 0.0
+    deadline = time.monotonic() + timeout_s
+    while not all(r.loaded for r in store.snapshots()):
+        assert time.monotonic() < deadline, [r.last_error for r in store.snapshots()]
+        store.maybe_refresh()
+        time.sleep(0.05)
+
+
+def sdk_rows(repo: Path, spec: Any, source: str, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """What Feast's SDK (get_online_features on the repository's Redis store) serves, encoded."""
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(repo))
+    key = "userid" if source == "user" else "itemid"
+    service = store.get_feature_service(f"{source}_features")
+    frame = pd.DataFrame(store.get_online_features(features=service, entity_rows=[{key: i} for i in ids]).to_dict())
+    return spec.encode(frame[spec.source_columns(source)], source)  # type: ignore[no-any-return]
+
+
+def test_feast_redis_rows_equal_feast_and_fall_back_to_the_repository_files(tmp_path: Path) -> None:
+    from offline_to_online.rank import s1_feature_to_feast
+
+    tiny = publish_tiny(tmp_path / "data")
+    data_dir = tiny.paths.data_dir
+    with RedisServer() as server:
+        args = ["--data-dir", str(data_dir), "--profile", "compose", "--quiet"]
+        assert s1_feature_to_feast.main([*args, "--redis-url", server.url, "--server-redis-url", server.url]) == 0
+        settings = load_settings({"data_dir": data_dir, "profile": "compose", "redis_url": server.url, **RESILIENCE})
+        store, files = FeastRedisFeatureStore(settings), FeatureFilesStore(settings)
+        load_now(store)
+        load_now(files)
+        snapshot, published = store.current(), files.current()
+        assert snapshot.version == published.version
+        users, items = tiny.userids.tolist() + [10**9], tiny.itemids.tolist() + [10**9]  # + unknown ids
+        want_sparse, want_dense = sdk_rows(tiny.paths.feature_repo_dir, tiny.spec, "user", users)
+        for row, userid in enumerate(users):  # every user over Redis == Feast's SDK == the repository files
+            for got in (store.user_row(snapshot, userid, 1.0), files.user_row(published, userid, 0.0)):
+                np.testing.assert_array_equal(got[0][0], want_sparse[row])
+                np.testing.assert_array_equal(got[1][0], want_dense[row])
+        want_items = sdk_rows(tiny.paths.feature_repo_dir, tiny.spec, "item", items)
+        for got in (snapshot.item_rows(np.array(items)), published.item_rows(np.array(items))):
+            np.testing.assert_array_equal(got[0], want_items[0])
+            np.testing.assert_array_equal(got[1], want_items[1])
+
+        app = compose_app(settings, profiles=EmbeddedProfileStore(settings), index=LocalItemIndex(settings),
+                          scorer=OnnxScorer(settings))  # fmt: skip
+        userid = int(tiny.userids[5])
+        healthy = recommend(app, userid)
+        assert healthy["degraded"] == [] and items_of(healthy) == expected_list(tiny.paths, userid, 10)[0].tolist()
+        server.kill()
+        for _ in range(4):
+            started = time.perf_counter()
+            body = recommend(app, userid)
+            assert body["degraded"] == ["features"] and items_of(body) == items_of(healthy)  # the published row
+            assert time.perf_counter() - started < 0.5
+        server.start()
+        recovered = wait_for(app, userid, lambda b: b["degraded"] == [], 10)
+        assert recovered["degraded"] == [] and items_of(recovered) == items_of(healthy)

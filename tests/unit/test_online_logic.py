@@ -285,3 +285,60 @@ def test_json_log_lines_carry_the_extra_fields() -> None:
 @pytest.mark.parametrize(("header", "kept"), [("abc-1.2:3_x", True), ("", False), ("a b", False), ("x" * 129, False)])
 def test_request_ids(header: str, kept: bool) -> None:
     assert (request_id_from(header) == header) is kept
+
+
+# --- overload: rate limits, shedding ----------------------------------------------------------------
+def test_the_rate_limiter_allows_a_burst_then_refills_at_its_rate() -> None:
+    from online.service.rate_limit import RateLimiter
+
+    clock = FakeClock()
+    limiter = RateLimiter(rate_per_s=2.0, burst=3, clock=clock)
+    assert [limiter.retry_after("a") for _ in range(4)] == [0, 0, 0, 1]
+    assert limiter.retry_after("b") == 0  # buckets are per client
+    clock.now += 0.5  # one token back
+    assert limiter.retry_after("a") == 0 and limiter.retry_after("a") == 1
+    slow = RateLimiter(rate_per_s=0.1, burst=1, clock=clock)
+    assert slow.retry_after("c") == 0 and slow.retry_after("c") == 10  # whole seconds until a token
+
+
+@pytest.mark.parametrize(
+    ("data", "whole"),
+    [
+        (b'POST /ml/rec HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n{"userid":1', False),
+        (b'POST /ml/rec HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n{"userid":1}', True),
+        (b'POST /ml/rec HTTP/1.1\r\ncontent-length: 12\r\n\r\n{"userid":1}GET / HTTP/1.1\r\n\r\n', False),
+        (b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"GET /ready HTTP/1.1\r\nHost: x\r\n", False),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", False),
+    ],
+)
+def test_a_shed_request_keeps_its_connection_only_when_it_was_read_whole(data: bytes, whole: bool) -> None:
+    from online.main.shedding_worker import is_one_whole_request
+
+    assert is_one_whole_request(data) is whole
+
+
+def test_the_shed_response_is_a_json_503_with_retry_after() -> None:
+    from online.main.shedding_worker import shed_response
+
+    raw = shed_response(keep_alive=False)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in head and b"Connection: close" in head
+    assert int(head.split(b"Content-Length: ")[1]) == len(body)
+    assert json.loads(body)["error"]["code"] == "overloaded"
+    assert b"Connection" not in shed_response(keep_alive=True).partition(b"\r\n\r\n")[0]
+
+
+def test_the_breaker_reports_opening_and_closing() -> None:
+    clock, states = FakeClock(), []
+    breaker = CircuitBreaker("redis", failures=2, reset_s=1.0, clock=clock, on_change=states.append)
+    breaker.record_failure()
+    breaker.record_success()
+    assert states == []  # never opened
+    breaker.record_failure()
+    breaker.record_failure()
+    breaker.record_failure()  # still open: no second report
+    clock.now += 1.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert states == [True, False]
