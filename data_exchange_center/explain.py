@@ -53,13 +53,16 @@ def trigger_contributions(
 def score_parts(
     candidates: chain.Candidates, like_probs: np.ndarray, policy: chain.RankingPolicy
 ) -> dict[str, np.ndarray]:
-    """Per candidate, the terms of ``chain.final_scores``: watch, channel_prior, like and final, (n,) each."""
+    """Per candidate, the terms of ``chain.final_scores``, (n,) each: the item-to-item score, ``watch`` (that
+    score over the best candidate's), channel_prior, like and final."""
     best = float(candidates.i2i_score.max()) if len(candidates.items) else 0.0
     watch = np.clip(candidates.i2i_score, 0.0, None) / best if best > 0 else np.zeros(len(candidates.items))
     prior = 1.0 / (1.0 + candidates.rank_in_channel)
     like = np.clip(np.asarray(like_probs, dtype=np.float64).reshape(-1), 1e-6, 1.0)
     final = ((watch + policy.prior_weight * prior) * like**policy.like_weight).astype(np.float32)
-    return {"watch": np.asarray(watch, np.float64), "channel_prior": prior, "like": like, "final": final}
+    i2i = np.asarray(candidates.i2i_score, np.float64)
+    return {"i2i_score": i2i, "watch": np.asarray(watch, np.float64), "channel_prior": prior, "like": like,
+            "final": final}  # fmt: skip
 
 
 def _channel_score(results: dict[str, tuple[np.ndarray, np.ndarray]], channel: str, item: int) -> float | None:
@@ -127,6 +130,7 @@ def explain_items(
 
 def _parts_of(parts: dict[str, np.ndarray], row: int, policy: chain.RankingPolicy) -> dict[str, float]:
     return {
+        "i2i_score": round(float(parts["i2i_score"][row]), 6),
         "watch": round(float(parts["watch"][row]), 6),
         "channel_prior": round(float(parts["channel_prior"][row]), 6),
         "prior_weight": policy.prior_weight,

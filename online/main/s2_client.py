@@ -1,6 +1,6 @@
 """Call the recommendation service: print the lists of some users, or replay the online holdout.
 
-    python online/main/s2_client.py --users 1 2 3             # print each user's list
+    python online/main/s2_client.py --users 1 2 3             # each user's last rated titles and list, with reasons
     python online/main/s2_client.py --replay                  # every holdout user: Recall/HitRate/NDCG@50
     python online/main/s2_client.py --replay --stream         # streaming: static walk, then live (posts events)
 
@@ -54,16 +54,30 @@ class RecClient:
         self.timeout_s = timeout_s
         self._local = threading.local()
 
-    def recommend(self, userid: int, size: int = TOPK) -> dict[str, Any]:
+    def _session(self) -> Any:
         import requests
 
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
-        reply = session.post(self.url, json={"userid": userid, "size": size}, headers=self.headers,
-                             timeout=self.timeout_s)  # fmt: skip
+        return session
+
+    def recommend(self, userid: int, size: int = TOPK, **options: Any) -> dict[str, Any]:
+        """``options``: ``explain=True``, ``fields=[...]`` (see the OpenAPI document)."""
+        reply = self._session().post(self.url, json={"userid": userid, "size": size, **options},
+                                     headers=self.headers, timeout=self.timeout_s)  # fmt: skip
         if reply.status_code != 200:
             raise RuntimeError(f"user {userid}: HTTP {reply.status_code}: {reply.text[:300]}")
+        return reply.json()
+
+    def history(self, userid: int, size: int) -> dict[str, Any] | None:
+        """The user's latest rated items, or None when the server has no history endpoint."""
+        url = self.url.removesuffix("/ml/rec") + f"/ml/users/{userid}/history"
+        reply = self._session().get(url, params={"size": size}, headers=self.headers, timeout=self.timeout_s)
+        if reply.status_code == 404:
+            return None
+        if reply.status_code != 200:
+            raise RuntimeError(f"user {userid} history: HTTP {reply.status_code}: {reply.text[:300]}")
         return reply.json()
 
 
@@ -134,17 +148,47 @@ def wait_until_ready(url: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def print_list(userid: int, body: dict[str, Any]) -> None:
-    print(f"user {userid}: {len(body['item_list'])} items, versions {body['versions']}, degraded {body['degraded']}")
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _title(entry: dict[str, Any]) -> str:
+    title = entry.get("title") or f"item {entry['itemid']}"
+    return f"{title} ({entry['year']})" if entry.get("year") else title
+
+
+def format_user(userid: int, body: dict[str, Any], history: dict[str, Any] | None, width: int = 120) -> str:
+    """One user as a person reads it: the last rated titles, then the list with genres, score and reason."""
+    versions = ", ".join(f"{k} {v}" for k, v in body.get("versions", {}).items())
+    chain_ms = sum(body.get("timings_ms", {}).values())
+    lines = [f"user {userid}: {len(body['item_list'])} items in {chain_ms:.1f} ms; degraded: "
+             f"{', '.join(body.get('degraded') or []) or 'none'}; versions: {versions}"]  # fmt: skip
+    if history is not None:
+        rated = [_title(e) + (" ♥" if e.get("liked") else "") for e in history["items"]]
+        known = "" if history["known"] else " (unknown user: the popular items)"
+        lines.append(_cut(f"  last rated{known}: " + (" · ".join(rated) or "nothing yet"), width))
+    title_w, genre_w = 34, 24
+    lines.append(f"  {'#':>3}  {'title':<{title_w}}  {'genres':<{genre_w}}  {'score':>7}  reason")
     for rank, entry in enumerate(body["item_list"], start=1):
-        print(f"  {rank:>3}. item {entry['itemid']:>8}  score {entry['score']:.6f}")
+        genres = "|".join(entry.get("genres") or [])
+        reason = entry.get("reason")
+        why = f"{reason['channel']}: {reason['summary']}" if reason else ""
+        row = f"  {rank:>3}  {_cut(_title(entry), title_w):<{title_w}}  {_cut(genres, genre_w):<{genre_w}}  "
+        lines.append(_cut(row + f"{entry['score']:>7.4f}  {why}", width))
+    return "\n".join(lines)
+
+
+def print_user(client: RecClient, userid: int, size: int, history_size: int = 5) -> None:
+    body = client.recommend(userid, size, explain=True)
+    print(format_user(userid, body, client.history(userid, history_size)))
+    print()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=DEFAULT_URL, help="the service (default %(default)s)")
     parser.add_argument("--users", type=int, nargs="*", default=[], help="user ids whose lists to print")
-    parser.add_argument("--size", type=int, default=TOPK, help="items per list for --users (default %(default)s)")
+    parser.add_argument("--size", type=int, default=10, help="items per list for --users (default %(default)s)")
     parser.add_argument("--replay", action="store_true", help="replay the online holdout and compare metrics")
     parser.add_argument("--stream", action="store_true",
                         help="with --replay: the streaming walk (static, then live posting events)")  # fmt: skip
@@ -168,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_until_ready(args.url, args.ready_timeout)
         for userid in args.users:
-            print_list(userid, client.recommend(userid, args.size))
+            print_user(client, userid, args.size)
     except Exception as exc:
         print(f"s2_client: {exc}", file=sys.stderr)
         return 1

@@ -17,8 +17,10 @@ import sys
 from typing import Any
 
 from data_exchange_center.chain import CHANNELS
+from data_exchange_center.events import EVENT_ID_RE, EVENT_TYPES, MAX_RATING, MIN_RATING
 from data_exchange_center.item_catalog import ITEM_FIELDS
 from data_exchange_center.settings import Settings
+from online.service import event_validation as EV
 from online.service import validation as V
 
 OPENAPI_VERSION = "3.1.0"
@@ -124,7 +126,7 @@ def _reason_schema() -> dict[str, Any]:
             "contribution": number | {"description": "this item's share of the item-to-item score"},
         },
     }
-    parts = ("watch", "channel_prior", "prior_weight", "like", "like_weight", "final")
+    parts = ("i2i_score", "watch", "channel_prior", "prior_weight", "like", "like_weight", "final")
     return {
         "type": "object",
         "required": ["channel", "rank_in_channel", "evidence", "score_parts", "summary"],
@@ -148,11 +150,36 @@ def _reason_schema() -> dict[str, Any]:
                 "type": "object",
                 "required": list(parts),
                 "properties": {p: number for p in parts},
-                "description": "final = (watch + prior_weight * channel_prior) * like ** like_weight",
+                "description": "final = (watch + prior_weight * channel_prior) * like ** like_weight; watch = "
+                "i2i_score / the best i2i_score among the candidates; the triggers' contributions add up to i2i_score",
             },
             "summary": {"type": "string"},
         },
     }
+
+
+def event_schema() -> dict[str, Any]:
+    """One event of ``POST /ml/events`` (``online.service.event_validation``): a rating or a type."""
+    ident = {"type": "integer", "minimum": 0, "maximum": EV.MAX_ID}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(EV.REQUIRED),
+        "properties": {
+            "userid": ident,
+            "itemid": ident | {"description": "an item of the live catalog"},
+            "timestamp": {"type": "integer", "minimum": 0, "maximum": EV.MAX_TIMESTAMP,
+                          "description": "seconds since the epoch"},
+            "event_id": {"type": "string", "pattern": EVENT_ID_RE.pattern,
+                         "description": "the idempotency key: an id already stored is not stored again"},
+            "rating": {"type": ["number", "null"], "minimum": MIN_RATING, "maximum": MAX_RATING},
+            "type": {"type": ["string", "null"], "enum": [*EVENT_TYPES, None]},
+        },
+        "oneOf": [
+            {"required": ["rating"], "properties": {"rating": {"type": "number"}, "type": {"type": "null"}}},
+            {"required": ["type"], "properties": {"type": {"type": "string"}, "rating": {"type": "null"}}},
+        ],
+    }  # fmt: skip
 
 
 def _schemas(max_size: int) -> dict[str, Any]:
@@ -168,12 +195,18 @@ def _schemas(max_size: int) -> dict[str, Any]:
     }
     return {
         "RecRequest": rec_request_schema(max_size),
+        "Event": event_schema(),
+        "EventsAccepted": {
+            "type": "object",
+            "required": ["accepted", "stored", "duplicates"],
+            "properties": {k: {"type": "integer", "minimum": 0} for k in ("accepted", "stored", "duplicates")},
+        },
         "Item": _item_schema(),
         "RecItem": rec_item,
         "Reason": _reason_schema(),
         "RecResponse": {
             "type": "object",
-            "required": ["userid", "item_list", "versions", "degraded", "timings_ms"],
+            "required": ["userid", "item_list", "versions", "degraded", "timings_ms", "variant"],
             "properties": {
                 "userid": {"type": "integer"},
                 "item_list": {"type": "array", "items": _ref("RecItem")},
@@ -187,6 +220,7 @@ def _schemas(max_size: int) -> dict[str, Any]:
                     "items": {"type": "string"},
                     "description": "components that failed and were replaced by their fallback",
                 },
+                "variant": {"type": "string", "description": "the user's experiment variant"},
                 "timings_ms": {
                     "type": "object",
                     "additionalProperties": {"type": "number"},
@@ -196,7 +230,7 @@ def _schemas(max_size: int) -> dict[str, Any]:
         },
         "HistoryResponse": {
             "type": "object",
-            "required": ["userid", "known", "items", "versions"],
+            "required": ["userid", "known", "items", "versions", "degraded"],
             "properties": {
                 "userid": {"type": "integer"},
                 "known": {"type": "boolean", "description": "false: the profile store has no state for this user"},
@@ -208,6 +242,7 @@ def _schemas(max_size: int) -> dict[str, Any]:
                     "description": "the latest first",
                 },
                 "versions": {"type": "object", "additionalProperties": NULLABLE_STRING},
+                "degraded": {"type": "array", "items": {"type": "string"}},
             },
         },
         "ItemsResponse": {
@@ -234,7 +269,7 @@ REC_EXAMPLE = {
     "item_list": [
         {
             "itemid": 1196,
-            "score": 0.612,
+            "score": 0.6097,
             "title": "Star Wars: Episode V - The Empire Strikes Back",
             "year": 1980,
             "genres": ["Action", "Adventure", "Drama", "Sci-Fi", "War"],
@@ -254,12 +289,13 @@ REC_EXAMPLE = {
                     "similarity": 0.83,
                 },
                 "score_parts": {
+                    "i2i_score": 0.41,
                     "watch": 0.9,
                     "channel_prior": 1.0,
                     "prior_weight": 0.01,
                     "like": 0.67,
                     "like_weight": 1.0,
-                    "final": 0.612,
+                    "final": 0.6097,
                 },
                 "summary": "Because you rated Star Wars: Episode IV - A New Hope",
             },
@@ -272,17 +308,19 @@ REC_EXAMPLE = {
         "model": "1",
     },
     "degraded": [],
+    "variant": "control",
     "timings_ms": {
         "fetch_user_profile": 0.1,
         "recall_candidates": 2.3,
         "fetch_features": 1.2,
         "score": 3.4,
         "rank_and_filter": 0.2,
+        "explain": 0.3,
     },
 }
 
 
-def _paths(max_size: int) -> dict[str, Any]:
+def _paths(max_size: int, max_events: int) -> dict[str, Any]:
     e = ERRORS
     text = {"text/plain": {"schema": {"type": "string"}}}
     return {
@@ -341,6 +379,7 @@ def _paths(max_size: int) -> dict[str, Any]:
                             "userid": 1,
                             "known": True,
                             "versions": {"users": "20261125T131950123456Z-3f9a", "items": None},
+                            "degraded": [],
                             "items": [
                                 {
                                     "itemid": 260,
@@ -400,6 +439,59 @@ def _paths(max_size: int) -> dict[str, Any]:
                 },
             }
         },
+        "/ml/events": {
+            "post": {
+                "operationId": "postEvents",
+                "summary": "Store live feedback (one event or a batch); the next /ml/rec of that user reflects it",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    _ref("Event"),
+                                    {"type": "array", "minItems": 1, "maxItems": max_events, "items": _ref("Event")},
+                                ]
+                            },
+                            "examples": {
+                                "like": {
+                                    "value": {
+                                        "userid": 1,
+                                        "itemid": 1214,
+                                        "type": "like",
+                                        "timestamp": 978300760,
+                                        "event_id": "page-1",
+                                    }
+                                },
+                                "ratings": {
+                                    "value": [
+                                        {
+                                            "userid": 1,
+                                            "itemid": 1214,
+                                            "rating": 4.5,
+                                            "timestamp": 978300760,
+                                            "event_id": "c0ffee-1",
+                                        },
+                                        {
+                                            "userid": 1,
+                                            "itemid": 1200,
+                                            "rating": 2,
+                                            "timestamp": 978300761,
+                                            "event_id": "c0ffee-2",
+                                        },
+                                    ]
+                                },
+                            },
+                        }
+                    },
+                },
+                "responses": {
+                    "202": {"description": "Every event is stored durably (fsynced)"}
+                    | _json(_ref("EventsAccepted"), {"accepted": 2, "stored": 1, "duplicates": 1}),
+                    **{k: e[k] for k in ("400", "401", "413", "415", "422", "503")},
+                },
+            }
+        },
         "/health": {
             "get": {
                 "operationId": "health",
@@ -451,10 +543,12 @@ def _paths(max_size: int) -> dict[str, Any]:
     }
 
 
-def build_openapi(max_size: int | None = None) -> dict[str, Any]:
-    """The document for a server whose ``max_size`` is ``max_size`` (default: the settings' default)."""
+def build_openapi(max_size: int | None = None, max_events: int | None = None) -> dict[str, Any]:
+    """The document for a server with these settings (default: the settings' defaults)."""
     if max_size is None:
         max_size = int(Settings.model_fields["max_size"].default)
+    if max_events is None:
+        max_events = int(Settings.model_fields["max_events_per_request"].default)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -463,7 +557,7 @@ def build_openapi(max_size: int | None = None) -> dict[str, Any]:
             "description": "Recommendations from the offline-to-online MovieLens pipeline. Every error is "
             '`{"error": {"code": ..., "message": ...}}`. When the server has an API key, send it in X-API-Key.',
         },
-        "paths": _paths(max_size),
+        "paths": _paths(max_size, max_events),
         "components": {
             "schemas": _schemas(max_size),
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from data_exchange_center import chain
+from data_exchange_center import chain, explain
 from data_exchange_center.experiments import DEFAULT_VARIANT, Variant
 from data_exchange_center.feature_spec import combine_features
+from data_exchange_center.item_catalog import ItemCatalog
 from online.backends.base import (
     BackendError,
     Encoded,
@@ -83,15 +84,20 @@ class Recommendation:
     known_user: bool
     step_seconds: dict[str, float] = field(default_factory=dict)
     variant: str = DEFAULT_VARIANT  # the user's experiment variant
+    reasons: list[dict[str, Any]] | None = None  # per item, with ``explain``
 
     def to_json(self) -> dict[str, Any]:
         scores = np.round(self.scores.astype(np.float64), 6).tolist()
+        item_list = [{"itemid": i, "score": s} for i, s in zip(self.items.tolist(), scores, strict=True)]
+        for entry, reason in zip(item_list, self.reasons or [], strict=False):
+            entry["reason"] = reason
         return {
             "userid": self.userid,
-            "item_list": [{"itemid": i, "score": s} for i, s in zip(self.items.tolist(), scores, strict=True)],
+            "item_list": item_list,
             "versions": self.versions,
             "degraded": self.degraded,
             "variant": self.variant,
+            "timings_ms": {step: round(seconds * 1000, 3) for step, seconds in self.step_seconds.items()},
         }
 
 
@@ -104,6 +110,7 @@ class _Request:
     degraded: list[str] = field(default_factory=list)
     step_seconds: dict[str, float] = field(default_factory=dict)
     variant: Variant = field(default_factory=lambda: Variant(DEFAULT_VARIANT, 1.0))
+    recall: dict[str, Any] = field(default_factory=dict)  # what ``explain`` re-reads: results, index
 
     def timed(self, step: str, fn: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -128,18 +135,34 @@ class Recommender:
         self.live = live  # the event log: the user's events on top of the published profile
         self.experiments = experiments or Experiments.none()
 
-    def recommend(self, userid: int, size: int, deadline: Deadline) -> Recommendation:
+    def recommend(
+        self, userid: int, size: int, deadline: Deadline, explain_with: ItemCatalog | None = None
+    ) -> Recommendation:
+        """The ranked list; with ``explain_with`` (the item catalog, for titles) each item's reason too."""
         req = _Request(userid, size, deadline, variant=self.experiments.variant_of(userid))
         user = req.timed("fetch_user_profile", lambda: self.fetch_user_profile(req))
         candidates, params = req.timed("recall_candidates", lambda: self.recall_candidates(req, user))
         features = req.timed("fetch_features", lambda: self.fetch_features(req, candidates.items))
         like = req.timed("score", lambda: self.score(req, features))
         items, scores = req.timed("rank_and_filter", lambda: self.rank_and_filter(req, candidates, like, params))
+        reasons = None
+        if explain_with is not None:
+            state = user if user is not None else chain.UserState.unknown()
+            policy = req.variant.policy(params)  # the policy the list was ranked with
+            reasons = req.timed(
+                "explain", lambda: self.explain_items(req, state, candidates, like, policy, items, explain_with)
+            )
         self._observe(req, candidates)
         known = user is not None
         return Recommendation(
-            userid, items, scores, req.versions, req.degraded, known, req.step_seconds, req.variant.name
+            userid, items, scores, req.versions, req.degraded, known, req.step_seconds, req.variant.name, reasons
         )
+
+    def user_state(self, userid: int, deadline: Deadline) -> tuple[chain.UserState | None, _Request]:
+        """The user's state as a recommendation starts from it (published profile and live events), with
+        the request record that holds its versions and degraded roles (``GET /ml/users/<id>/history``)."""
+        req = _Request(userid, 0, deadline, variant=self.experiments.variant_of(userid))
+        return self.fetch_user_profile(req), req
 
     # -- the steps ------------------------------------------------------------------------------------
     def fetch_user_profile(self, req: _Request) -> chain.UserState | None:
@@ -173,13 +196,16 @@ class Recommender:
             results, i2i_all = self.guards["item_index"].call(
                 req.deadline, lambda t: self._recall(snapshot, primary.bind(snapshot, t), state, req)
             )
+            req.recall["provider"] = primary
         except (BackendError, NotLoaded):
             if fallback is None:
                 raise
             req.degraded.append("item_index")
             snapshot = fallback.current()
             results, i2i_all = self._recall(snapshot, snapshot.index, state, req)
+            req.recall["provider"] = fallback
         req.versions["items"] = snapshot.version
+        req.recall.update(results=results, snapshot=snapshot)
         return chain.merge_candidates(results, *i2i_all), snapshot.params.policy
 
     @staticmethod
@@ -247,6 +273,33 @@ class Recommender:
         """Final scores (watch x like), the ``size`` best."""
         scores = chain.final_scores(candidates, like, req.variant.policy(policy))
         return chain.rank_and_cut(candidates, scores, req.size)
+
+    def explain_items(
+        self,
+        req: _Request,
+        user: chain.UserState,
+        candidates: chain.Candidates,
+        like: np.ndarray,
+        policy: chain.RankingPolicy,
+        items: np.ndarray,
+        catalog: ItemCatalog,
+    ) -> list[dict[str, Any]]:
+        """Each served item's reason, from this request's own profile, candidates, channel results and
+        scores; the triggers' neighbours are read again from the same index snapshot."""
+        snapshot: IndexSnapshot = req.recall["snapshot"]
+        triggers = explain.i2i_triggers(user, req.variant.max_triggers(snapshot.params.max_triggers))
+        provider = req.recall["provider"]
+        try:
+            nbr, nbr_w = self.guards["item_index"].call(
+                req.deadline, lambda t: provider.bind(snapshot, t).neighbors_of(triggers[0])
+            )
+            contributions = explain.trigger_contributions(nbr, nbr_w, triggers[1], items)
+        except BackendError:
+            req.degraded.append("explain")
+            contributions = np.zeros((len(items), len(triggers[0])), np.float32)
+        parts = explain.score_parts(candidates, like, policy)
+        results = req.recall["results"]
+        return explain.explain_items(items, user, candidates, results, parts, contributions, triggers, catalog, policy)
 
     def _observe(self, req: _Request, candidates: chain.Candidates) -> None:
         child = self.metrics.child

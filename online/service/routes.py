@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from online.service.errors import HTTP_CODES, RateLimited, ServiceError, Unauthorized, UnsupportedMediaType
 from online.service.event_routes import MAX_EVENTS_BODY_BYTES, register_event_routes
 from online.service.observability import REQUEST_ID_HEADER, request_id_from
+from online.service.page_routes import describe_items, register_page_routes
 from online.service.rate_limit import RateLimiter
 from online.service.service import RecService
 from online.service.validation import parse_rec_request
@@ -45,8 +46,7 @@ def register_routes(app: Flask, service: RecService) -> None:
         g.userid = None
         g.degraded = []
 
-    @app.post("/ml/rec")
-    def recommend() -> Response:
+    def require_key() -> None:
         if api_key and not hmac.compare_digest(request.headers.get(API_KEY_HEADER, "").encode(), api_key.encode()):
             raise Unauthorized(f"send a valid API key in the {API_KEY_HEADER} header")
         if limiter is not None:
@@ -55,13 +55,21 @@ def register_routes(app: Flask, service: RecService) -> None:
             if wait_s:
                 service.metrics.child("rejected", "rate_limit").inc()
                 raise RateLimited(f"more than {settings.rate_limit_rps:g} requests per second; retry later", wait_s)
+
+    @app.post("/ml/rec")
+    def recommend() -> Response:
+        require_key()
         if request.mimetype != JSON_TYPE:
             raise UnsupportedMediaType(f"send the body as {JSON_TYPE}, not {request.mimetype or 'no content type'}")
         req = parse_rec_request(request.get_data(cache=False), settings.default_size, settings.max_size)
         g.userid = req.userid
-        rec = service.recommend(req.userid, req.size)
+        rec = service.recommend(req.userid, req.size, explain=req.explain)
         g.degraded = rec.degraded
-        return json_response(rec.to_json())
+        body = rec.to_json()
+        describe_items(body["item_list"], service.catalog.current(), req.fields)
+        return json_response(body)
+
+    register_page_routes(app, service, require_key)
 
     register_event_routes(app, service, json_response)
 
@@ -109,9 +117,7 @@ def _http_message(exc: HTTPException) -> str:
     if exc.code == 405:
         return f"{request.method} is not allowed on {request.path}"
     if exc.code == 404:
-        return (
-            f"no route {request.path}; the API is POST /ml/rec, POST /ml/events, GET /health, GET /ready, GET /metrics"
-        )
+        return f"no route {request.path}; the API is described at GET /openapi.json"
     if exc.code == 413:
         limit = MAX_EVENTS_BODY_BYTES if request.path == "/ml/events" else MAX_BODY_BYTES
         return f"the body is larger than {limit} bytes"

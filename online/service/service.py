@@ -16,6 +16,7 @@ from data_exchange_center.events import Event
 from data_exchange_center.settings import Settings
 from online.backends.base import BackendError, Lifecycle, NotLoaded
 from online.backends.event_log import AppendResult
+from online.backends.item_catalog import ItemCatalogProvider
 from online.backends.versions import Refreshing
 from online.service.errors import NotReady, Unavailable
 from online.service.live_events import build_live_feedback, catalogue_of
@@ -74,7 +75,8 @@ class RecService:
         self.recommender = Recommender(self.backends, self.guards, self.metrics, self.live, self.experiments)
         for refreshing in self.snapshots():
             refreshing.on_switch = self._on_switch
-        self.background = BackgroundRefresh(self.backends.all())
+        self.catalog = ItemCatalogProvider(settings)  # titles for responses: not a role /ready waits for
+        self.background = BackgroundRefresh([*self.backends.all(), self.catalog])
 
     def _guard(self, name: str) -> Guard:
         s = self.settings
@@ -97,11 +99,13 @@ class RecService:
         """Start the background version checks of this process (idempotent)."""
         self.background.ensure_running()
 
-    def recommend(self, userid: int, size: int, deadline: Deadline | None = None) -> Recommendation:
+    def recommend(
+        self, userid: int, size: int, deadline: Deadline | None = None, explain: bool = False
+    ) -> Recommendation:
         deadline = deadline or Deadline(self.settings.request_timeout_ms / 1000)
         self.background.ensure_running()
         try:
-            return self.recommender.recommend(userid, size, deadline)
+            return self.recommender.recommend(userid, size, deadline, self.catalog.current() if explain else None)
         except NotLoaded as exc:
             raise NotReady(f"the service is not ready: {exc}") from None
         except BackendError as exc:
