@@ -13,7 +13,8 @@ Embedded stores (the default profile serves from these folders under ``paths.onl
     online/items/CURRENT                  text: the live version id
     online/items/<version>/               copies of the item artifacts (item_terms.parquet, item_vectors.npz,
                                           popularity.parquet, item_neighbors.parquet), chain.json (the chain
-                                          parameters selected offline) and manifest.json (sha256 and size of each)
+                                          parameters selected offline), catalog.parquet (titles, years, genres:
+                                          data_exchange_center.item_catalog) and manifest.json (sha256 and size of each)
 
 A version folder appears by one rename of a complete temporary folder, and CURRENT is switched after
 it, so a reader that follows CURRENT always finds a complete version. A version holds everything the

@@ -82,6 +82,8 @@ def write_recall_artifacts(
     item_genres: list[list[str]],
 ) -> None:
     write_parquet(pd.DataFrame({S.ITEM_ID: itemids, S.TERMS: item_genres}), paths.item_terms_path)
+    titles = [f"Tiny film {item} ({1950 + k % 60})" for k, item in enumerate(itemids.tolist())]
+    write_parquet(pd.DataFrame({S.ITEM_ID: itemids, S.TITLE: titles, S.GENRES: item_genres}), paths.items_path)
     user_vecs = rng.normal(size=(len(userids) - 1, config.dim)).astype(np.float32)  # the last user has none
     write_npz(paths.user_vectors_path, **{S.VECTOR_IDS: userids[:-1], S.VECTORS: user_vecs})
     unit = rng.normal(size=(len(itemids), config.dim))

@@ -25,6 +25,7 @@ from typing import Any
 
 from data_exchange_center import online_layout as L
 from data_exchange_center.artifacts import ArtifactError, sha256_of, write_json
+from data_exchange_center.item_catalog import CATALOG_FILE, catalog_from_artifacts, write_catalog
 from data_exchange_center.paths import ArtifactPaths
 from offline_to_online.common import PublishVerificationError, make_readable
 from offline_to_online.recall.embedded_users import TMP_PREFIX, prune_versions, remove_temporary_folders
@@ -44,7 +45,7 @@ class EmbeddedItemsReport:
 
 def items_manifest(folder: Path, source: ItemSource, version: str, copied_from: dict[str, str]) -> dict[str, Any]:
     """What the version holds: counts, and size + sha256 of every file in ``folder``."""
-    names = [*copied_from, L.CHAIN_FILE]
+    names = [*copied_from, L.CHAIN_FILE, CATALOG_FILE]
     files = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)} for name in names}
     for name, origin in copied_from.items():
         files[name]["copied_from"] = origin
@@ -86,6 +87,7 @@ def stage_item_version(
     try:
         copied = copy_artifacts(paths, tmp_dir)
         make_readable(write_json(chain, tmp_dir / L.CHAIN_FILE))
+        make_readable(write_catalog(catalog_from_artifacts(paths), tmp_dir))  # titles, years, genres for responses
         source = read_item_files(L.ItemFiles.in_version(tmp_dir))
         make_readable(write_json(items_manifest(tmp_dir, source, version, copied), tmp_dir / L.MANIFEST_FILE))
         verify_item_version(tmp_dir, source, chain)

@@ -167,14 +167,14 @@ def format_user(userid: int, body: dict[str, Any], history: dict[str, Any] | Non
         rated = [_title(e) + (" ♥" if e.get("liked") else "") for e in history["items"]]
         known = "" if history["known"] else " (unknown user: the popular items)"
         lines.append(_cut(f"  last rated{known}: " + (" · ".join(rated) or "nothing yet"), width))
-    title_w, genre_w = 34, 24
+    title_w, genre_w = 32, 22
     lines.append(f"  {'#':>3}  {'title':<{title_w}}  {'genres':<{genre_w}}  {'score':>7}  reason")
     for rank, entry in enumerate(body["item_list"], start=1):
         genres = "|".join(entry.get("genres") or [])
         reason = entry.get("reason")
         why = f"{reason['channel']}: {reason['summary']}" if reason else ""
         row = f"  {rank:>3}  {_cut(_title(entry), title_w):<{title_w}}  {_cut(genres, genre_w):<{genre_w}}  "
-        lines.append(_cut(row + f"{entry['score']:>7.4f}  {why}", width))
+        lines.append(row + f"{entry['score']:>7.4f}  {why}")  # the reason in full
     return "\n".join(lines)
 
 

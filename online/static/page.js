@@ -1,5 +1,5 @@
 // The recommendations explorer: plain DOM over the public API. Data is only ever set with textContent
-// (never innerHTML), so a title or an error message with markup in it renders as text.
+// (never parsed as HTML), so a title or an error message with markup in it renders as text.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -68,13 +68,17 @@ function renderHistory(body) {
   }
 }
 
+function num(value, digits) {
+  return value !== 0 && Math.abs(value) < 0.001 ? value.toExponential(2) : value.toFixed(digits);
+}
+
 function reasonCell(reason) {
   const cell = el("td", null, "why");
   if (!reason) return cell;
   cell.append(el("div", reason.summary));
   const p = reason.score_parts;
-  const parts = "watch " + p.watch.toFixed(3) + " + " + p.prior_weight + "\u00d7prior " + p.channel_prior.toFixed(3) +
-    ", \u00d7 like " + p.like.toFixed(3) + (p.like_weight === 1 ? "" : "^" + p.like_weight) + " = " + p.final.toFixed(4);
+  const parts = "watch " + num(p.watch, 3) + " + " + p.prior_weight + "\u00d7prior " + num(p.channel_prior, 3) +
+    ", \u00d7 like " + num(p.like, 3) + (p.like_weight === 1 ? "" : "^" + p.like_weight) + " = " + num(p.final, 4);
   cell.append(el("div", parts, "parts"));
   return cell;
 }
@@ -87,7 +91,7 @@ function renderRecs(body) {
     const tr = el("tr");
     tr.dataset.itemid = String(item.itemid);
     tr.append(el("td", i + 1, "num"), el("td", describe(item)), el("td", (item.genres || []).join(", ")),
-      el("td", item.score.toFixed(4), "num"));
+      el("td", num(item.score, 4), "num"));
     const channel = el("td");
     if (item.reason) channel.append(el("span", item.reason.channel, "channel " + item.reason.channel));
     tr.append(channel, reasonCell(item.reason));

@@ -9,6 +9,7 @@ offline evaluation reported (within 0.002).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,7 +83,10 @@ def test_the_client_prints_ranked_lists(server_url: str, data_dir: Path) -> None
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert sum(line.startswith("user ") for line in lines) == 3
-    assert sum(" item " in line for line in lines) == 30 and "degraded []" in done.stdout
+    assert sum(line.startswith("  last rated: ") for line in lines) == 3  # titles of the user's latest ratings
+    rows = [line for line in lines if re.match(r"^\s+\d+  ", line)]
+    assert len(rows) == 30 and all(re.search(r"\d\.\d{4}  (i2i|vector|term|popularity): \w", r) for r in rows)
+    assert done.stdout.count("degraded: none") == 3
 
 
 def test_replay_equals_the_offline_evaluation(server_url: str, data_dir: Path) -> None:
