@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -210,43 +209,60 @@ def test_a_new_user_likes_films_and_the_list_changes(browser: Any, server_url: s
 
 
 # -- the API fuzzed from its OpenAPI document ----------------------------------------------------------
+MAX_EXAMPLES = 40  # per operation and mode: about 400 requests in all
+MAX_SECONDS = 5.0  # one answer slower than this counts as a hang
+
+
+def fuzz_operation(operation: Any, mode: Any, url: str, session: requests.Session, failures: list[str]) -> int:
+    """Send ``MAX_EXAMPLES`` generated cases of one operation; failed checks go to ``failures``."""
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import checks
+
+    # Every check of the response against the document; not ``positive_data_acceptance``: JSON Schema
+    # cannot tell 12 from 12.0 and the service refuses 12.0 for an integer on purpose (the unit test
+    # test_the_schema_and_the_validation_agree checks the two agree on everything else).
+    response_checks = [checks.not_a_server_error, checks.response_schema_conformance, checks.status_code_conformance,
+                       checks.content_type_conformance, checks.response_headers_conformance,
+                       checks.negative_data_rejection]  # fmt: skip
+    sent = 0
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def send(case: Any) -> None:
+        nonlocal sent
+        sent += 1
+        started = time.monotonic()
+        response = case.call(base_url=url, session=session, timeout=MAX_SECONDS * 2)
+        elapsed = time.monotonic() - started
+        label = f"{mode.value} {case.method} {case.formatted_path} query={case.query} -> {response.status_code}"
+        if elapsed > MAX_SECONDS:
+            failures.append(f"{label}: answered in {elapsed:.1f} s")
+        try:
+            case.validate_response(response, checks=response_checks)
+        except BaseException as exc:  # schemathesis raises a BaseExceptionGroup of failed checks
+            failures.append(f"{label}: {str(exc)[:400]}")
+
+    send()
+    return sent
+
+
 def test_the_api_survives_fuzzing_from_its_openapi_document(server_url: str) -> None:
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis.checks import CHECKS
     from schemathesis.generation import GenerationMode
 
-    document = requests.get(server_url + "/openapi.json", timeout=10).json()
-    schema = schemathesis.openapi.from_dict(document)
-    schema.config.update(base_url=server_url)
+    schema = schemathesis.openapi.from_dict(requests.get(server_url + "/openapi.json", timeout=10).json())
     session = requests.Session()
     failures: list[str] = []
-    n_cases = 0
+    sent: dict[str, int] = {}
     for result in schema.get_all_operations():
         operation = result.ok()
         if operation.method.upper() == "POST" and operation.path == "/ml/events":
-            continue  # writes: covered by the events tests, not fuzzed into the store
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            strategy = operation.as_strategy(generation_mode=mode)
-
-            @given(case=strategy)
-            @settings(max_examples=25, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))  # fmt: skip
-            def run(case: Any, mode: GenerationMode = mode) -> None:
-                nonlocal n_cases
-                n_cases += 1
-                started = time.monotonic()
-                response = case.call(session=session, timeout=10)
-                elapsed = time.monotonic() - started
-                label = f"{mode.value} {case.method} {case.formatted_path} {json.dumps(case.body)[:80]}"
-                if response.status_code >= 500 or elapsed > 5:
-                    failures.append(f"{label}: {response.status_code} in {elapsed:.1f} s: {response.text[:200]}")
-                    return
-                try:
-                    case.validate_response(response, checks=CHECKS.get_all())
-                except Exception as exc:
-                    failures.append(f"{label}: {str(exc)[:400]}")
-
-            run()
-    assert n_cases >= 100
-    assert not failures, "\n".join(failures[:10])
+            continue  # writes to the event log: its own tests cover it
+        modes = [GenerationMode.POSITIVE]
+        if operation.body or operation.path_parameters or operation.query:
+            modes.append(GenerationMode.NEGATIVE)  # an operation without inputs has no invalid request
+        for mode in modes:
+            sent[f"{mode.value} {operation.label}"] = fuzz_operation(operation, mode, server_url, session, failures)
+    assert sent["negative POST /ml/rec"] >= MAX_EXAMPLES // 2 and sum(sent.values()) >= 200, sent
+    assert not failures, f"{len(failures)} failed of {sum(sent.values())}:\n" + "\n".join(failures[:10])
