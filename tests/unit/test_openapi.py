@@ -145,3 +145,38 @@ def test_fields_are_returned_in_a_fixed_order() -> None:
     assert req.fields == ("title", "genres") and req.explain is True
     default = V.parse_rec_request(b'{"userid": 1}', 50, 200)
     assert default.fields == ("title", "year", "genres") and default.explain is False
+
+
+EVENT = {"userid": 1, "itemid": 2, "timestamp": 978300760, "event_id": "e-1"}
+EVENTS_ACCEPTED: list[Any] = [
+    EVENT | {"type": "like"},
+    EVENT | {"rating": 4.5},
+    EVENT | {"rating": 1, "type": None},
+    EVENT | {"type": "dislike", "rating": None},
+]
+EVENTS_REFUSED: list[Any] = [
+    EVENT,  # neither rating nor type
+    EVENT | {"type": "like", "rating": 5},  # both
+    EVENT | {"type": "love"},
+    EVENT | {"rating": 0.1},
+    EVENT | {"rating": 5.5},
+    EVENT | {"type": "like", "event_id": "has space"},
+    EVENT | {"type": "like", "timestamp": -1},
+    EVENT | {"type": "like", "extra": 1},
+    {"userid": 1, "itemid": 2, "type": "like"},
+]
+
+
+@pytest.mark.parametrize("body", EVENTS_ACCEPTED + EVENTS_REFUSED, ids=lambda b: json.dumps(b)[:60])
+def test_the_event_schema_and_the_event_validation_agree(body: Any) -> None:
+    from online.service.event_validation import parse_event
+
+    document = build_openapi()
+    schema = {"$ref": "#/components/schemas/Event", "components": document["components"]}
+    try:
+        parse_event(body)
+        accepted = True
+    except ServiceError:
+        accepted = False
+    expected = json.dumps(body) in {json.dumps(b) for b in EVENTS_ACCEPTED}
+    assert jsonschema_rs.Draft202012Validator(schema).is_valid(body) == accepted == expected
