@@ -89,7 +89,8 @@ def explain_items(
     """
     row_of = {int(item): row for row, item in enumerate(candidates.items.tolist())}
     user_terms = set(user.terms)
-    trigger_items, trigger_weights = triggers
+    trigger_items, _ = triggers
+    trigger_liked = user.seen_labels[len(user.seen_labels) - len(trigger_items) :] > 0  # triggers: the last seen
     reasons = []
     for i, item in enumerate(np.asarray(items, np.int64).tolist()):
         row = row_of[item]
@@ -103,7 +104,7 @@ def explain_items(
                 {
                     "itemid": int(trigger_items[t]),
                     "title": d["title"],
-                    "liked": bool(trigger_weights[t] >= chain.TRIGGER_WEIGHT_LIKED),
+                    "liked": bool(trigger_liked[t]),
                     "contribution": round(float(shares[t]), 6),
                 }
                 for t, d in zip(top, described, strict=True)
