@@ -212,9 +212,13 @@ class Recommender:
     def _recall(snapshot: IndexSnapshot, index: chain.ItemIndexLike, user: chain.UserState, req: _Request) -> Any:
         quotas = dict(snapshot.params.quotas)
         quotas["popularity"] = max(quotas.get("popularity", 0), req.size)  # a cold user still gets `size` items
+        return chain.recall_channels(index, user, quotas, Recommender._trigger_policy(snapshot, req))
+
+    @staticmethod
+    def _trigger_policy(snapshot: IndexSnapshot, req: _Request) -> chain.TriggerPolicy:
+        """The item version's trigger policy with the user's variant's trigger count."""
         triggers = snapshot.params.triggers
-        triggers = dataclasses.replace(triggers, max_triggers=req.variant.max_triggers(triggers.max_triggers))
-        return chain.recall_channels(index, user, quotas, triggers)
+        return dataclasses.replace(triggers, max_triggers=req.variant.max_triggers(triggers.max_triggers))
 
     def fetch_features(self, req: _Request, items: np.ndarray) -> Encoded:
         """Model inputs: the user's row broadcast over the candidates' cached item rows."""
@@ -287,7 +291,7 @@ class Recommender:
         """Each served item's reason, from this request's own profile, candidates, channel results and
         scores; the triggers' neighbours are read again from the same index snapshot."""
         snapshot: IndexSnapshot = req.recall["snapshot"]
-        triggers = explain.i2i_triggers(user, req.variant.max_triggers(snapshot.params.max_triggers))
+        triggers = explain.i2i_triggers(user, self._trigger_policy(snapshot, req))
         provider = req.recall["provider"]
         try:
             nbr, nbr_w = self.guards["item_index"].call(

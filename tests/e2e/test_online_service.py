@@ -32,11 +32,11 @@ STAGES = [
     ("offline/recall/s3_item_to_item.py", []),
     ("offline/rank/s1_feature_engi.py", []),
     ("offline/rank/s2_model_train.py", ["--epochs", "2"]),
+    ("offline/evaluate/s1_topk_report.py", []),  # selects the ranking policy that the item publish copies
     ("offline_to_online/recall/s1_user_to_redis.py", ["--profile", "embedded"]),
     ("offline_to_online/recall/s2_item_to_es.py", ["--profile", "embedded"]),
     ("offline_to_online/rank/s1_feature_to_feast.py", ["--profile", "embedded"]),
     ("offline_to_online/rank/s2_model_to_triton.py", ["--profile", "embedded"]),
-    ("offline/evaluate/s1_topk_report.py", []),
 ]  # fmt: skip
 
 
