@@ -61,6 +61,11 @@ ERRORS = {
         "invalid_field",
         "'size' must be between 1 and 200, got 0",
     ),
+    "429": _error(
+        "A per-client rate limit is configured and this client went over it (see Retry-After)",
+        "rate_limited",
+        "more than 50 requests per second; retry later",
+    ),
     "503": _error(
         "Not ready yet, or no backend could answer; retry after a second",
         "not_ready",
@@ -343,7 +348,7 @@ def _paths(max_size: int, max_events: int) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": {"description": "The ranked list"} | _json(_ref("RecResponse"), REC_EXAMPLE),
-                    **{k: e[k] for k in ("400", "401", "413", "415", "422", "503")},
+                    **{k: e[k] for k in ("400", "401", "413", "415", "422", "429", "503")},
                 },
             }
         },
@@ -391,7 +396,7 @@ def _paths(max_size: int, max_events: int) -> dict[str, Any]:
                             ],
                         },
                     ),
-                    **{k: e[k] for k in ("401", "422", "503")},
+                    **{k: e[k] for k in ("401", "422", "429", "503")},
                 },
             }
         },
@@ -435,7 +440,7 @@ def _paths(max_size: int, max_events: int) -> dict[str, Any]:
                             ],
                         },
                     ),
-                    **{k: e[k] for k in ("401", "422", "503")},
+                    **{k: e[k] for k in ("401", "422", "429", "503")},
                 },
             }
         },
@@ -488,7 +493,7 @@ def _paths(max_size: int, max_events: int) -> dict[str, Any]:
                 "responses": {
                     "202": {"description": "Every event is stored durably (fsynced)"}
                     | _json(_ref("EventsAccepted"), {"accepted": 2, "stored": 1, "duplicates": 1}),
-                    **{k: e[k] for k in ("400", "401", "413", "415", "422", "503")},
+                    **{k: e[k] for k in ("400", "401", "413", "415", "422", "429", "503")},
                 },
             }
         },
