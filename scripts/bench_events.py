@@ -22,6 +22,7 @@ import asyncio
 import http.client
 import json
 import multiprocessing as mp
+import signal
 import sys
 import tempfile
 import time
@@ -150,6 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM runs the finally that stops the server
     users = published_users(args.data_dir)
     import pandas as pd
 
