@@ -163,10 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         log_path = workdir / "server.log"
         (workdir / "metrics").mkdir()
-        import os
-
-        os.environ["RECSYS_EVENTS_PATH"] = str(workdir / "events.sqlite3")
-        proc = start_server(args, port, workdir / "metrics", log_path)
+        events_env = {"RECSYS_EVENTS_PATH": str(workdir / "events.sqlite3")}  # a fresh event log
+        proc = start_server(args, port, workdir / "metrics", log_path, events_env)
         try:
             wait_ready(f"http://127.0.0.1:{port}", proc, log_path)
             asyncio.run(open_loop(port, users, args.rate, 3.0))  # warm-up
