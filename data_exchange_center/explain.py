@@ -65,10 +65,16 @@ def score_parts(
             "final": final}  # fmt: skip
 
 
-def _channel_score(results: dict[str, tuple[np.ndarray, np.ndarray]], channel: str, item: int) -> float | None:
+def _channel_scores(results: dict[str, tuple[np.ndarray, np.ndarray]], channel: str) -> dict[int, float]:
     items, scores = results.get(channel, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
-    hit = np.flatnonzero(np.asarray(items) == item)
-    return float(scores[hit[0]]) if len(hit) else None
+    return dict(zip(np.asarray(items).tolist(), np.asarray(scores, np.float64).tolist(), strict=True))
+
+
+def _top_triggers(contributions: np.ndarray) -> np.ndarray:
+    """(n_items, <= MAX_TRIGGERS_SHOWN) columns of the largest shares per row, largest first."""
+    if not contributions.size:
+        return np.zeros((len(contributions), 0), np.int64)
+    return np.argsort(-contributions, axis=1, kind="stable")[:, :MAX_TRIGGERS_SHOWN]
 
 
 def explain_items(
@@ -87,34 +93,36 @@ def explain_items(
     ``contributions`` is ``trigger_contributions(...)`` for ``items`` (n_items, n_triggers) and
     ``triggers`` the (items, weights) pair it was computed for.
     """
-    row_of = {int(item): row for row, item in enumerate(candidates.items.tolist())}
+    items = np.asarray(items, np.int64)
+    rows = np.argsort(candidates.items, kind="stable")
+    rows = rows[np.searchsorted(candidates.items, items, sorter=rows)]  # each served item's candidate row
     user_terms = set(user.terms)
     trigger_items, _ = triggers
-    trigger_liked = user.seen_labels[len(user.seen_labels) - len(trigger_items) :] > 0  # triggers: the last seen
+    trigger_liked = (user.seen_labels[len(user.seen_labels) - len(trigger_items) :] > 0).tolist()
+    trigger_titles = [d["title"] for d in catalog.describe(trigger_items, ("title",))]
+    item_genres = catalog.describe(items, ("genres",))
+    similarity_of = _channel_scores(channel_results, "vector")
+    top = _top_triggers(contributions)
     reasons = []
-    for i, item in enumerate(np.asarray(items, np.int64).tolist()):
-        row = row_of[item]
+    for i, (item, row) in enumerate(zip(items.tolist(), rows.tolist(), strict=True)):
         channel = str(candidates.channel[row])
         evidence: dict[str, Any] = {}
-        shares = contributions[i] if len(contributions) else np.zeros(0, np.float32)
-        top = [t for t in np.argsort(-shares, kind="stable")[:MAX_TRIGGERS_SHOWN] if shares[t] > 0]
-        if top:
-            described = catalog.describe(trigger_items[top], ("title",))
+        shown = [t for t in top[i].tolist() if contributions[i, t] > 0]
+        if shown:
             evidence["triggers"] = [
                 {
                     "itemid": int(trigger_items[t]),
-                    "title": d["title"],
+                    "title": trigger_titles[t],
                     "liked": bool(trigger_liked[t]),
-                    "contribution": round(float(shares[t]), 6),
+                    "contribution": round(float(contributions[i, t]), 6),
                 }
-                for t, d in zip(top, described, strict=True)
+                for t in shown
             ]
-        matched = sorted(user_terms.intersection(catalog.genres_of(item)))
+        matched = sorted(user_terms.intersection(item_genres[i]["genres"]))
         if matched:
             evidence["matched_genres"] = matched
-        similarity = _channel_score(channel_results, "vector", item)
-        if similarity is not None:
-            evidence["similarity"] = round(similarity, 6)
+        if item in similarity_of:
+            evidence["similarity"] = round(similarity_of[item], 6)
         if channel == "popularity":
             evidence["popularity_rank"] = int(candidates.rank_in_channel[row]) + 1
         reasons.append(
