@@ -57,3 +57,39 @@ def test_direct_publish_reports_exact_knn(settings: Settings) -> None:
     api = ElasticsearchApi(connect_es(settings))
     report = publish_items_to_es(api, load_item_source(tiny.paths), settings.es_index_alias, progress=False)
     assert report.knn_agreement == 1.0
+
+
+def test_the_online_adapter_reads_neighbours_and_excludes_every_seen_item(settings: Settings) -> None:
+    """The online side's requests against the live cluster: ``_mget`` answers (no HTTP 400), the chain
+    parameters come from the index's ``_meta``, and an exclusion list longer than the catalogue is obeyed."""
+    from data_exchange_center.item_index import ItemIndex
+    from online.backends.es_index import EsItemIndex
+
+    tiny = write_tiny_artifacts(settings.data_dir)
+    report = item_to_es(settings, progress=False)
+    assert isinstance(report, EsPublishReport)
+    provider = EsItemIndex(settings.model_copy(update={"backend_timeout_ms": 5000}))
+    snapshot = provider._snapshot_of(report.index)
+    assert snapshot.version == report.version and snapshot.params.max_triggers == 20
+    local = ItemIndex.load(tiny.paths)
+    triggers = tiny.itemids[:3]
+    got, want = snapshot.index.neighbors_of(triggers), local.neighbors_of(triggers)
+    assert got[0][:, : want[0].shape[1]].tolist() == want[0].tolist()
+    seen = list(range(-20_000, 0)) + tiny.itemids[:-5].tolist()  # 20,000 unknown ids, then all but 5 items
+    items, _ = snapshot.index.search_popular(50, seen)
+    assert sorted(items.tolist()) == sorted(tiny.itemids[-5:].tolist())
+
+
+def test_items_roll_back_on_the_alias_and_the_fallback_together(settings: Settings) -> None:
+    from data_exchange_center import online_layout as L
+    from offline_to_online.rollback import rollback
+
+    write_tiny_artifacts(settings.data_dir)
+    first, second = item_to_es(settings, progress=False), item_to_es(settings, progress=False)
+    report = rollback(settings, "items")
+    assert report.target == first.version and report.switched == ["elasticsearch alias", "embedded items"]
+    api = ElasticsearchApi(connect_es(settings))
+    assert api.alias_holders(settings.es_index_alias) == [first.index]
+    assert L.read_current_version(L.items_store_dir(settings.paths)) == first.version
+    assert rollback(settings, "items", to=second.version).target == second.version
+    assert api.alias_holders(settings.es_index_alias) == [second.index]
