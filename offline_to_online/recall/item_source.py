@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -101,12 +102,26 @@ def chain_parameters(paths: ArtifactPaths) -> dict[str, int | float]:
             f"{paths.ranking_policy_path} is missing (no like_weight): the offline run stopped before "
             "offline/evaluate/s1_topk_report.py (which selects it); run it, then publish"
         )
+    require_report_after(paths, [*L.ItemFiles.of_artifacts(paths).all(), paths.i2i_params_path])
     policy = read_json(paths.ranking_policy_path)
     resolved = {"prior_weight": RankingPolicy().prior_weight, **triggers, **policy}
     if "like_weight" not in resolved:
         raise ArtifactError(f"{paths.ranking_policy_path} lacks like_weight: run offline/evaluate/s1_topk_report.py")
     keys = [*L.CHAIN_KEYS, *(k for k in L.CHAIN_OPTIONAL_KEYS if k in resolved)]
     return L.check_chain_parameters({k: resolved[k] for k in keys}, paths.ranking_policy_path)
+
+
+def require_report_after(paths: ArtifactPaths, inputs: list[Path]) -> None:
+    """The report (``rank/ranking_policy.json``, the offline run's last output) is newer than every input of
+    the item version: otherwise an offline stage was rerun and the run has not reached its report yet, and
+    publishing would mix its new files with the old run's policy."""
+    report_time = paths.ranking_policy_path.stat().st_mtime_ns
+    newer = [str(p.relative_to(paths.data_dir)) for p in inputs if p.exists() and p.stat().st_mtime_ns > report_time]
+    if newer:
+        raise ArtifactError(
+            f"{', '.join(newer)} changed after {paths.ranking_policy_path.name} was written: the offline run has not "
+            "finished (run the remaining stages through offline/evaluate/s1_topk_report.py), then publish"
+        )
 
 
 def require_known(catalogue: np.ndarray, ids: np.ndarray, name: str) -> None:

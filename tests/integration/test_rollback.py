@@ -224,3 +224,33 @@ def test_a_rollback_killed_at_any_moment_loses_nothing_and_is_finished_by_the_ne
     assert [L.served_model_version(r) for r in repos] == [1, 1] and not journal_path(settings, "model").exists()
     assert np.array_equal(L.model_versions(repos[0]), [1, 2])
     assert not [p for r in repos for p in (r / "ml_rec").glob(".config.pbtxt.*")]  # the last run cleaned up
+
+
+def test_triton_in_poll_mode_follows_a_model_rollback_under_load(tmp_path: Path, triton_venv: object) -> None:
+    from online.backends.triton_scorer import TritonScorer
+    from scripts.native_servers import TritonServer
+
+    tiny = write_tiny_artifacts(tmp_path)
+    settings = load_settings({"data_dir": tmp_path, "profile": "embedded"}, environ={})
+    for _ in range(2):
+        model_to_triton(settings)
+    repo = L.python_model_repository_dir(tiny.paths)
+    poll = ["--model-control-mode=poll", "--repository-poll-secs=1"]  # as the compose Triton (15 s there)
+    with TritonServer(repo, venv=triton_venv.root, extra_args=poll) as server:
+        scorer = TritonScorer(load_settings({"triton_url": server.grpc_url}, environ={}))
+        n_sparse, n_dense = len(tiny.spec.categorical), len(tiny.spec.dense)
+        sparse, dense = np.zeros((8, n_sparse), np.int64), np.zeros((8, n_dense), np.float32)
+
+        def score() -> str:
+            scores, version = scorer.score(sparse, dense, 5.0)
+            assert scores.shape == (8,) and np.isfinite(scores).all()
+            return version
+
+        with Load(score, n_threads=2) as load:
+            assert wait_for(lambda: len(load.answers) > 20) and load.answers[-1] == "ml_rec/2"
+            report = rollback(settings, "model")
+            assert report.target == "1"
+            assert wait_for(lambda: load.answers[-1] == "ml_rec/1", 60), load.answers[-1]
+            n_after = len(load.answers)
+            assert wait_for(lambda: len(load.answers) > n_after + 20)
+        assert load.failures == [] and set(load.answers[n_after:]) == {"ml_rec/1"}

@@ -162,3 +162,17 @@ def test_unreachable_elasticsearch_is_one_line_and_exit_3(tmp_path: Path, caplog
         assert s2_item_to_es.main(args) == 3
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and f"cannot reach Elasticsearch at {url}" in errors[0] and "RECSYS_ES_URL" in errors[0]
+
+
+def test_an_offline_rerun_that_has_not_reached_its_report_is_not_published(tmp_path: Path) -> None:
+    tiny = write_tiny_artifacts(tmp_path)
+    args = ["--data-dir", str(tmp_path), "--profile", "embedded", "--quiet"]
+    assert s2_item_to_es.main(args) == 0
+    live = L.read_current_version(L.items_store_dir(tiny.paths))
+    popularity = pd.read_parquet(tiny.paths.popularity_path)  # recall/1 reran; the report has not yet
+    write_parquet(popularity.assign(**{S.SCORE: popularity[S.SCORE] + 1}), tiny.paths.popularity_path)
+    with pytest.raises(ArtifactError, match="recall/popularity.parquet changed after ranking_policy.json"):
+        chain_parameters(tiny.paths)
+    assert s2_item_to_es.main(args) == 2 and L.read_current_version(L.items_store_dir(tiny.paths)) == live
+    write_json(read_json(tiny.paths.ranking_policy_path), tiny.paths.ranking_policy_path)  # the report ran
+    assert s2_item_to_es.main(args) == 0 and L.read_current_version(L.items_store_dir(tiny.paths)) != live
