@@ -79,22 +79,37 @@ def run_stage(module: str, args: list[str], data_dir: Path) -> tuple[float, floa
         peak = max(peak, tree_rss_mib(process.pid))
         time.sleep(SAMPLE_S)
     elapsed = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{module} failed with exit code {process.returncode}")
-    return elapsed, max(peak, usage.ru_maxrss / 1024)
+    peak = max(peak, usage.ru_maxrss / 1024)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise StageFailed(f"{module} failed with exit code {code} after {elapsed:.0f} s", code, elapsed, peak)
+    return elapsed, peak
+
+
+class StageFailed(Exception):
+    def __init__(self, message: str, code: int, elapsed: float, peak: float) -> None:
+        super().__init__(message)
+        self.code, self.elapsed, self.peak = code, elapsed, peak
 
 
 def run_stages(
-    stages: list[str], fetch_args: list[str], data_dir: Path, engine: str, repeat: int
+    stages: list[str], fetch_args: list[str], data_dir: Path, engine: str, repeat: int, keep_going: bool = False
 ) -> dict[str, dict[str, float]]:
+    """Each stage in order; a failure stops the run (``keep_going``: it is recorded, later stages skipped)."""
     results: dict[str, dict[str, float]] = {}
     for name in stages:
         extra = fetch_args if name == "s0_fetch_data" else []
         if name in ENGINE_STAGES:
             extra = [*extra, "--engine", engine]
         n_runs = repeat if name in FAST_GROUP else 1
-        runs = [run_stage(STAGES[name], extra, data_dir) for _ in range(n_runs)]
+        try:
+            runs = [run_stage(STAGES[name], extra, data_dir) for _ in range(n_runs)]
+        except StageFailed as exc:
+            if not keep_going:
+                raise SystemExit(str(exc)) from None
+            results[name] = {"failed": exc.code, "wall_s_median": round(exc.elapsed, 3), "peak_mib": round(exc.peak, 1)}
+            print(f"{name:18s} {exc}, peak {exc.peak:.0f} MiB: later stages of this size not run", flush=True)
+            break
         results[name] = {
             "wall_s_median": round(statistics.median(r[0] for r in runs), 3),
             "peak_mib": round(max(r[1] for r in runs), 1),
@@ -158,7 +173,7 @@ def scaling_table(report: dict[str, Any]) -> str:
         cells = []
         for run in runs:
             result = run["stages"].get(stage)
-            cells.append(f"{result['wall_s_median']:.1f} s / {result['peak_mib']:.0f} MiB" if result else "not run")
+            cells.append(_cell(result))
         time_exp, memory_exp = report["exponents"][stage]["time"], report["exponents"][stage]["memory"]
         lines.append(f"| {stage} | " + " | ".join(cells) + f" | {_fmt(time_exp)} | {_fmt(memory_exp)} |")
     faster = [s for s in stages if (report["exponents"][s]["time"] or 0) > SUPERLINEAR_EXPONENT]
@@ -169,6 +184,13 @@ def scaling_table(report: dict[str, Any]) -> str:
         f"{SUPERLINEAR_EXPONENT}): {', '.join(faster) if faster else 'none of the stages run'}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _cell(result: dict[str, float] | None) -> str:
+    if result is None:
+        return "not run"
+    measured = f"{result['wall_s_median']:.1f} s / {result['peak_mib']:.0f} MiB"
+    return f"failed (exit {result['failed']:.0f}) at {measured}" if "failed" in result else measured
 
 
 def _fmt(value: float | None) -> str:
@@ -184,7 +206,11 @@ def plot_scaling(report: dict[str, Any], path: Path) -> None:
     runs = report["runs"]
     fig, (ax_time, ax_memory) = plt.subplots(1, 2, figsize=(12, 4.8))
     for stage in STAGES:
-        points = [(run["n_ratings"], run["stages"][stage]) for run in runs if stage in run["stages"]]
+        points = [
+            (run["n_ratings"], run["stages"][stage])
+            for run in runs
+            if stage in run["stages"] and "failed" not in run["stages"][stage]
+        ]
         if not points:
             continue
         sizes = [p[0] for p in points]
@@ -210,7 +236,7 @@ def run_scaling(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         data_dir = out_dir / f"synthetic-{n_ratings}"
         fetch_args = ["--dataset", "synthetic", *[f"--{k.replace('_', '-')}={v}" for k, v in shape.items()]]
         print(f"== {n_ratings:,} ratings ({shape['n_users']:,} users, {shape['n_items']:,} items)", flush=True)
-        stages = run_stages(args.stages, fetch_args, data_dir, args.engine, args.repeat)
+        stages = run_stages(args.stages, fetch_args, data_dir, args.engine, args.repeat, keep_going=True)
         runs.append({**shape, "stages": stages})
         write_scaling(args, out_dir, runs)  # after every size: a long run leaves a report when interrupted
     return write_scaling(args, out_dir, runs)
@@ -220,7 +246,11 @@ def write_scaling(args: argparse.Namespace, out_dir: Path, runs: list[dict[str, 
     sizes = [run["n_ratings"] for run in runs]
     exponents = {}
     for stage in args.stages:
-        measured = [(run["n_ratings"], run["stages"][stage]) for run in runs if stage in run["stages"]]
+        measured = [
+            (run["n_ratings"], run["stages"][stage])
+            for run in runs
+            if stage in run["stages"] and "failed" not in run["stages"][stage]
+        ]
         exponents[stage] = {
             "time": growth_exponent([m[0] for m in measured], [m[1]["wall_s_median"] for m in measured]),
             "memory": growth_exponent([m[0] for m in measured], [m[1]["peak_mib"] for m in measured]),
