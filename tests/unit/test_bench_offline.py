@@ -50,7 +50,12 @@ def report_with(times: dict[str, list[float]]) -> dict[str, object]:
         for i, n in enumerate(sizes)
     ]
     exponents = {
-        stage: {"time": growth_exponent(sizes, t), "memory": growth_exponent(sizes, [100.0, 200.0])}
+        stage: {
+            "time": growth_exponent(sizes, t),
+            "memory": growth_exponent(sizes, [100.0, 200.0]),
+            "time_largest": growth_exponent(sizes, t),
+            "memory_largest": growth_exponent(sizes, [100.0, 200.0]),
+        }
         for stage, t in times.items()
     }
     return {"engine": "pandas", "machine": "test", "sizes": sizes, "runs": runs, "exponents": exponents}
@@ -59,7 +64,7 @@ def report_with(times: dict[str, list[float]]) -> dict[str, object]:
 def test_scaling_table_names_the_stage_that_grows_faster_than_linearly(tmp_path: Path) -> None:
     report = report_with({"s1_data_split": [1.0, 4.0], "s2_term_trans": [1.0, 16.0]})
     table = scaling_table(report)
-    assert "| s2_term_trans | 1.0 s / 100 MiB | 16.0 s / 200 MiB | 2.00 | 0.50 |" in table
+    assert "| s2_term_trans | 1.0 s / 100 MiB | 16.0 s / 200 MiB | 2.00 / 2.00 | 0.50 / 0.50 |" in table
     assert table.rstrip().endswith("s2_term_trans.")
     plot_scaling(report, tmp_path / "scaling.png")
     assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
