@@ -1,6 +1,6 @@
 """The term-recall tables on Apache Spark: popularity and the users' seen lists, same artifacts and rows.
 
-``popularity_table`` and ``user_seen_table`` of ``offline/evaluate/channels.py`` as Spark plans:
+``popularity_table`` and ``user_seen_table`` of ``offline/recall/tables.py`` as Spark plans:
 items by positive offline impressions (most first, ties by item id), and per user the offline items
 and labels in time order.
 """
