@@ -19,6 +19,14 @@ from data_exchange_center.settings import Settings
 from online.backends.base import ReadyStatus
 from online.backends.versions import Refreshing
 
+# gRPC waits up to 120 s (growing from 1 s) before it reconnects to a server that went away; a restarted
+# Triton is used again within a second instead. Every call has its own deadline (``client_timeout``).
+CHANNEL_ARGS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
 
 class TritonScorer:
     """``Scorer`` over Triton's gRPC API."""
@@ -35,7 +43,7 @@ class TritonScorer:
         if client is None:
             import tritonclient.grpc as grpcclient
 
-            client = self._local.client = grpcclient.InferenceServerClient(url=self.url)
+            client = self._local.client = grpcclient.InferenceServerClient(url=self.url, channel_args=CHANNEL_ARGS)
         return client
 
     def score(self, sparse: np.ndarray, dense: np.ndarray, timeout_s: float) -> tuple[np.ndarray, str]:
