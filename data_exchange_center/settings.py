@@ -67,7 +67,7 @@ class Settings(BaseModel):
     request_timeout_ms: int = Field(200, ge=10, description="time budget of one recommendation request")
     backend_timeout_ms: int = Field(50, ge=1, description="time budget of one backend call")
     breaker_failures: int = Field(5, ge=1, description="consecutive failures that open a circuit breaker")
-    breaker_reset_s: float = Field(5.0, gt=0, description="seconds before an open breaker lets one call through")
+    breaker_reset_s: float = Field(2.0, gt=0, description="seconds before an open breaker lets one call through")
     max_in_flight: int = Field(
         16, ge=0, description="requests one gunicorn worker has in its threads; beyond, 503 at once (0: no bound)"
     )
