@@ -135,6 +135,7 @@ class Candidates:
     channel: np.ndarray  # (n,) object: the first channel that proposed the item
     rank_in_channel: np.ndarray  # (n,) int64: its rank in that channel
     counts: dict[str, int] = field(default_factory=dict)  # candidates contributed per channel
+    vector_score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (n,) NaN: not a vector hit
 
 
 def merge_candidates(
@@ -160,7 +161,19 @@ def merge_candidates(
     found = (i2i_items[pos] == items) if len(i2i_items) else np.zeros(len(items), dtype=bool)
     i2i = np.where(found, i2i_all_scores[pos] if len(i2i_items) else 0.0, 0.0).astype(np.float32)
     counts = {name: int((channel == name).sum()) for name in CHANNELS}
-    return Candidates(items, i2i, channel, np.concatenate(rank_parts)[first], counts)
+    vector_items, vector_scores = channel_results.get("vector", (np.zeros(0, np.int64), np.zeros(0, np.float32)))
+    return Candidates(items, i2i, channel, np.concatenate(rank_parts)[first], counts,
+                      lookup_scores(np.asarray(vector_items, np.int64), np.asarray(vector_scores), items))  # fmt: skip
+
+
+def lookup_scores(hit_items: np.ndarray, hit_scores: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """(n,) float32: each of ``items``'s score among ``hit_items``, NaN where it is not a hit."""
+    order = np.argsort(hit_items, kind="stable")
+    sorted_items = hit_items[order]
+    pos = np.minimum(np.searchsorted(sorted_items, items), max(len(sorted_items) - 1, 0))
+    found = sorted_items[pos] == items if len(sorted_items) else np.zeros(len(items), dtype=bool)
+    scores = np.asarray(hit_scores, np.float32)[order][pos] if len(sorted_items) else np.zeros(len(items))
+    return np.where(found, scores, np.nan).astype(np.float32)
 
 
 __all__ = [
@@ -168,7 +181,9 @@ __all__ = [
     "RankingPolicy",
     "TriggerPolicy",
     "UserState",
+    "final_score_parts",
     "final_scores",
+    "lookup_scores",
     "i2i_scores",
     "merge_candidates",
     "rank_and_cut",
@@ -181,16 +196,19 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RankingPolicy:
-    """How the final score combines "will watch" (item-to-item evidence) and "will like" (the ranker).
+    """How the final score combines "will watch" (item-to-item and vector evidence) and "will like" (the ranker).
 
-    ``final = (watch + prior_weight * channel_prior) * p_like ** like_weight`` where ``watch`` is the
-    candidate's item-to-item score divided by the best one among the candidates (0 if unreachable) and
+    ``final = (watch + prior_weight * channel_prior) * p_like ** like_weight`` with
+    ``watch = i2i / best i2i + vector_weight * exp(vector - best vector)``: the candidate's item-to-item
+    score relative to the best candidate's (0 if unreachable), plus the vector model's next-item
+    probability relative to the best vector hit's (its score is a softmax logit; 0 if not a vector hit).
     ``channel_prior = 1 / (1 + rank in the channel that proposed it)`` orders candidates that only
     another channel reached (cold users, few triggers).
     """
 
     like_weight: float = 1.0
     prior_weight: float = 0.01
+    vector_weight: float = 0.0
 
     @classmethod
     def from_dict(cls, raw: dict[str, float]) -> RankingPolicy:
@@ -211,13 +229,24 @@ def read_chain_parameters(i2i_params_path: Path, ranking_policy_path: Path) -> t
     return triggers, policy
 
 
-def final_scores(candidates: Candidates, like_probs: np.ndarray, policy: RankingPolicy) -> np.ndarray:
-    """The final score of every candidate, (n,) float32; ``like_probs`` is the ranker's output (n,)."""
-    best = float(candidates.i2i_score.max()) if len(candidates.items) else 0.0
-    watch = np.clip(candidates.i2i_score, 0.0, None) / best if best > 0 else np.zeros(len(candidates.items))
+def final_score_parts(candidates: Candidates, like_probs: np.ndarray, policy: RankingPolicy) -> dict[str, np.ndarray]:
+    """Per candidate, the terms of the final score: watch, channel_prior, like and final, (n,) each."""
+    n = len(candidates.items)
+    best = float(candidates.i2i_score.max()) if n else 0.0
+    watch = np.clip(candidates.i2i_score, 0.0, None) / best if best > 0 else np.zeros(n)
+    vector = candidates.vector_score.astype(np.float64) if len(candidates.vector_score) == n else np.full(n, np.nan)
+    if policy.vector_weight > 0 and np.isfinite(vector).any():
+        relative = np.exp(np.minimum(vector - np.nanmax(vector), 0.0))  # (n,) in (0, 1], NaN for non-hits
+        watch = watch + policy.vector_weight * np.nan_to_num(relative, nan=0.0)
     prior = 1.0 / (1.0 + candidates.rank_in_channel)
     like = np.clip(np.asarray(like_probs, dtype=np.float64).reshape(-1), 1e-6, 1.0)
-    return ((watch + policy.prior_weight * prior) * like**policy.like_weight).astype(np.float32)
+    final = ((watch + policy.prior_weight * prior) * like**policy.like_weight).astype(np.float32)
+    return {"watch": np.asarray(watch, np.float64), "channel_prior": prior, "like": like, "final": final}
+
+
+def final_scores(candidates: Candidates, like_probs: np.ndarray, policy: RankingPolicy) -> np.ndarray:
+    """The final score of every candidate, (n,) float32; ``like_probs`` is the ranker's output (n,)."""
+    return final_score_parts(candidates, like_probs, policy)["final"]
 
 
 def rank_and_cut(candidates: Candidates, scores: np.ndarray, size: int) -> Ranked:

@@ -54,15 +54,9 @@ def score_parts(
     candidates: chain.Candidates, like_probs: np.ndarray, policy: chain.RankingPolicy
 ) -> dict[str, np.ndarray]:
     """Per candidate, the terms of ``chain.final_scores``, (n,) each: the item-to-item score, ``watch`` (that
-    score over the best candidate's), channel_prior, like and final."""
-    best = float(candidates.i2i_score.max()) if len(candidates.items) else 0.0
-    watch = np.clip(candidates.i2i_score, 0.0, None) / best if best > 0 else np.zeros(len(candidates.items))
-    prior = 1.0 / (1.0 + candidates.rank_in_channel)
-    like = np.clip(np.asarray(like_probs, dtype=np.float64).reshape(-1), 1e-6, 1.0)
-    final = ((watch + policy.prior_weight * prior) * like**policy.like_weight).astype(np.float32)
-    i2i = np.asarray(candidates.i2i_score, np.float64)
-    return {"i2i_score": i2i, "watch": np.asarray(watch, np.float64), "channel_prior": prior, "like": like,
-            "final": final}  # fmt: skip
+    score over the best candidate's, plus the weighted vector evidence), channel_prior, like and final."""
+    parts = chain.final_score_parts(candidates, like_probs, policy)
+    return {"i2i_score": np.asarray(candidates.i2i_score, np.float64), **parts}
 
 
 def _channel_scores(results: dict[str, tuple[np.ndarray, np.ndarray]], channel: str) -> dict[int, float]:

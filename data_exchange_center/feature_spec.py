@@ -147,3 +147,24 @@ def combine_features(
     sparse = np.concatenate([user_sparse, item_sparse], axis=1)  # (n, n_sparse)
     dense = np.concatenate([user_dense, item_dense], axis=1).astype(np.float32, copy=False)  # (n, n_dense)
     return sparse, dense
+
+
+def encode_recent_items(
+    seen: np.ndarray, seen_labels: np.ndarray, vocab_ids: np.ndarray, window: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The vector model's user-side inputs from a user's seen items (time order) and their labels.
+
+    ``vocab_ids`` are the item ids in vocabulary order (sorted; position + 1 is the model's index, 0 is
+    padding and unknown items). Returns ``recent_items`` int64 (1, window) and ``recent_liked`` float32
+    (1, window): the last ``window`` seen items, oldest first, left padded with 0.
+    """
+    seen = np.asarray(seen, dtype=np.int64)[-window:] if window > 0 else np.zeros(0, np.int64)
+    labels = np.asarray(seen_labels)[len(seen_labels) - len(seen) :]
+    items = np.zeros((1, window), dtype=np.int64)
+    liked = np.zeros((1, window), dtype=np.float32)
+    if len(seen):
+        pos = np.minimum(np.searchsorted(vocab_ids, seen), max(len(vocab_ids) - 1, 0))
+        known = vocab_ids[pos] == seen if len(vocab_ids) else np.zeros(len(seen), dtype=bool)
+        items[0, window - len(seen) :] = np.where(known, pos + 1, 0)
+        liked[0, window - len(seen) :] = (labels > 0).astype(np.float32)
+    return items, liked

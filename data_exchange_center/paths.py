@@ -82,6 +82,26 @@ class ArtifactPaths:
         return self.recall_dir / "item_vectors.npz"
 
     @property
+    def vector_model_dir(self) -> Path:
+        """The vector-recall model (offline/recall/next_item.py): weights, model args, user-side ONNX."""
+        return self.recall_dir / "vector_model"
+
+    @property
+    def user_tower_onnx_path(self) -> Path:
+        """The vector model's user side, computed at request time (``model_signature.USER_TOWER_*``)."""
+        return self.vector_model_dir / "user_tower.onnx"
+
+    @property
+    def user_tower_args_path(self) -> Path:
+        """``window``, ``dim`` and how the user side's inputs are encoded (vocabulary: item_vectors.npz ids)."""
+        return self.vector_model_dir / "model_args.json"
+
+    @property
+    def user_tower_reference_path(self) -> Path:
+        """PyTorch user vectors of the first users (``userid``, ``vector``) for the offline == online check."""
+        return self.vector_model_dir / "reference_vectors.parquet"
+
+    @property
     def item_neighbors_path(self) -> Path:
         return self.recall_dir / "item_neighbors.parquet"
 

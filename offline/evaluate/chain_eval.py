@@ -7,6 +7,7 @@ service uses, so the evaluated list is the served list (``online/main/s2_client.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,7 +67,7 @@ def run_chain(
         run.n_candidates.append(len(candidates.items))
     like = _score_candidates(paths, holdout.user_ids, candidates_per_user)
     for weight in (policy.like_weight, *like_weights):
-        weighted = chain.RankingPolicy(like_weight=weight, prior_weight=policy.prior_weight)
+        weighted = dataclasses.replace(policy, like_weight=weight)
         lists = [
             chain.rank_and_cut(c, chain.final_scores(c, p, weighted), size)[0]
             for c, p in zip(candidates_per_user, like, strict=True)

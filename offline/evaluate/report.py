@@ -44,6 +44,20 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> Pat
     return _save(fig, path)
 
 
+def _stage_rows(topk: dict[str, Any]) -> list[str]:
+    """What each stage adds, on validation and on the holdout: NDCG@K per stage, the ranked list's lift."""
+    validation = topk.get("validation", {})
+    lines = ["", "What each stage adds (NDCG, validation / holdout):", "", "| stage | validation | holdout |",
+             "|---|---|---|"]  # fmt: skip
+    for row in TOPK_ROWS:
+        if row in topk:
+            val = validation.get(row, {}).get("ndcg")
+            lines.append(f"| {row} | {'-' if val is None else f'{val:.4f}'} | {topk[row]['ndcg']:.4f} |")
+    best, val_lift = topk.get("best_channel"), validation.get("ranked_lift_over_best_channel", "-")
+    lines.append(f"| ranked / best channel ({best}) | {val_lift} | {topk.get('ranked_lift_over_best_channel')} |")
+    return lines
+
+
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -52,12 +66,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def render_report(
-    metrics: dict[str, Any],
-    sensitivity: dict[float, dict[str, float]],
-    validation: dict[float, dict[str, float]],
-    plots: list[str],
-) -> str:
+def render_report(metrics: dict[str, Any], selection: list[dict[str, float]], plots: list[str]) -> str:
     """The Markdown report of one pipeline run."""
     split, topk = metrics.get("split", {}), metrics["topk"]
     lines = [
@@ -91,25 +100,25 @@ def render_report(
         if row in topk:
             m = topk[row]
             lines.append(f"| {row} | {m['recall']:.4f} | {m['hit_rate']:.4f} | {m['ndcg']:.4f} |")
+    lines += _stage_rows(topk)
     merged = topk.get("merged", {})
+    policy = topk.get("policy", {})
     lines += [
         "",
         f"Merged candidates: Recall@{merged.get('recall_at_k', '?')} = {merged.get('recall_at_200', '-')}, "
         f"{merged.get('mean_candidates', '-')} candidates per user on average.",
         "",
-        "The final score is (item-to-item watch score) x P(like) ^ w. The weight w is selected on validation",
-        "(timeline ending at the training split, targets the test split's positives); the holdout columns",
-        "show what each weight would have given there (reported, not used for selection).",
+        "The final score is (i2i / best i2i + v x exp(vector - best vector) + prior) x P(like) ^ w; v and w are",
+        "selected on validation (timeline ending at the training split, targets the test split's positives);",
+        "the holdout is scored once with the selected policy.",
         "",
-        f"Selected: w = {topk.get('policy', {}).get('like_weight')}",
+        f"Selected: like weight w = {policy.get('like_weight')}, vector weight v = {policy.get('vector_weight')}",
         "",
-        "| like weight w | validation Recall | validation NDCG | holdout Recall | holdout NDCG |",
-        "|---|---|---|---|---|",
+        "| vector weight v | like weight w | validation Recall | validation NDCG |",
+        "|---|---|---|---|",
     ]
     lines += [
-        f"| {w} | {validation[w]['recall']:.4f} | {validation[w]['ndcg']:.4f} | {m['recall']:.4f} | {m['ndcg']:.4f} |"
-        for w, m in sorted(sensitivity.items())
-        if w in validation
+        f"| {r['vector_weight']} | {r['like_weight']} | {r['recall']:.4f} | {r['ndcg']:.4f} |" for r in selection
     ]
     lines += ["", "## Stage timings (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {sec} |" for stage, sec in metrics.get("timings_s", {}).items()]

@@ -3,8 +3,10 @@
 Runs recall -> merge -> rank for every user with a positive in the online holdout, with the in-process
 backends and the exported ONNX ranker (offline/evaluate/chain_eval.py), and writes the top-K figures of
 each channel, the merged candidates and the final ranked list into reports/metrics.json, then
-reports/report.md with PNG plots (top-K comparison, training curves). Before that, the like weight of
-the final score is selected on a validation setup that ends at the training split
+reports/report.md with PNG plots (top-K comparison, training curves), on validation and on the holdout:
+every channel alone, the merged candidates (Recall@200), the ranked list and its lift over the best
+single channel. Before that, the ranking policy (like weight and vector weight of the final score) is
+selected on a validation setup that ends at the training split
 (offline/evaluate/validation.py) and written into rank/ranking_policy.json (this stage is its only
 writer), which a published version carries to the online service: run this stage before publishing.
 """
@@ -28,10 +30,17 @@ from offline.common.stage import run_stage, stage_parser
 from offline.evaluate.chain_eval import chain_quotas, run_chain
 from offline.evaluate.examples import append_example_users
 from offline.evaluate.report import plot_curves, plot_topk, render_report
-from offline.evaluate.validation import select_like_weight
+from offline.evaluate.validation import (
+    permutation_importance,
+    rank_lists,
+    run_validation_chain,
+    select_ranking_policy,
+)
 
 log = logging.getLogger(__name__)
-LIKE_WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0)
+LIKE_WEIGHT_GRID = (0.0, 0.5, 1.0)
+VECTOR_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+CHANNEL_ROWS = ("popularity", "term", "vector", "i2i")
 
 
 def topk_report(paths: ArtifactPaths) -> dict[str, Any]:
@@ -40,34 +49,56 @@ def topk_report(paths: ArtifactPaths) -> dict[str, Any]:
     settings = load_settings({"data_dir": paths.data_dir})
     quotas = chain_quotas(settings)
     triggers, _ = chain.read_chain_parameters(*paths.chain_params_paths)
-    like_weight, validation = select_like_weight(paths, samples, quotas, triggers, TOPK, LIKE_WEIGHT_GRID)
-    log.info(
-        "like weight %.2f selected on validation (NDCG@%d %.4f)", like_weight, TOPK, validation[like_weight]["ndcg"]
-    )
-    write_json(chain.RankingPolicy(like_weight=like_weight).to_dict(), paths.ranking_policy_path)
-    run = run_chain(paths, holdout, quotas, TOPK, LIKE_WEIGHT_GRID)
-    topk: dict[str, Any] = {"k": TOPK}
-    popular = run.channel_lists["popularity"]
-    for name, lists in run.channel_lists.items():
-        if any(len(items) for items in lists):  # each channel filled up with popularity, as it would be served
-            filled = [fill_with(items, fallback, TOPK) for items, fallback in zip(lists, popular, strict=True)]
-            topk[name] = topk_metrics(filled, holdout.relevant, TOPK)
-    topk["merged"] = {
-        **topk_metrics(run.merged, holdout.relevant, TOPK),
-        "recall_at_k": MERGED_RECALL_K,
-        f"recall_at_{MERGED_RECALL_K}": topk_metrics(run.merged, holdout.relevant, MERGED_RECALL_K)["recall"],
-        "mean_candidates": round(float(np.mean(run.n_candidates)), 1),
-    }
-    topk["ranked"] = topk_metrics(run.ranked, holdout.relevant, TOPK)
-    sensitivity = {w: topk_metrics(lists, holdout.relevant, TOPK) for w, lists in run.ranked_by_like_weight.items()}
-    for name in ("popularity", "term", "vector", "i2i", "merged", "ranked"):
+    validation_run = run_validation_chain(paths, samples, quotas, triggers)
+    policy, selection = select_ranking_policy(validation_run, TOPK, LIKE_WEIGHT_GRID, VECTOR_WEIGHT_GRID)
+    log.info("ranking policy selected on validation: %s", policy)
+    write_json(policy.to_dict(), paths.ranking_policy_path)
+    validation_lists = rank_lists(validation_run.candidates, validation_run.like, policy, TOPK)
+    validation = stage_metrics(validation_run.channel_lists, [c.items for c in validation_run.candidates],
+                               validation_lists, validation_run.relevant)  # fmt: skip
+    validation["permutation_importance_ndcg"] = permutation_importance(validation_run, policy, TOPK)
+    log.info("permutation importance on validation (NDCG@%d lost): %s", TOPK, validation["permutation_importance_ndcg"])
+    run = run_chain(paths, holdout, quotas, TOPK)
+    topk: dict[str, Any] = {"k": TOPK, **stage_metrics(run.channel_lists, run.merged, run.ranked, holdout.relevant)}
+    topk["merged"]["mean_candidates"] = round(float(np.mean(run.n_candidates)), 1)
+    for name in (*CHANNEL_ROWS, "merged", "ranked"):
         if name in topk:
             log.info("%-10s %s", name, topk[name])
-    topk["policy"] = {"like_weight": like_weight, "selected_on": "validation (test-split positives)"}
-    metrics = update_metrics(paths.metrics_path, {"topk": topk})
-    write_report(paths, metrics, sensitivity, validation)
+    topk["validation"] = validation
+    topk["policy"] = {**policy.to_dict(), "selected_on": "validation (test-split positives)"}
+    metrics = update_metrics(paths.metrics_path, {"topk": topk, "ranking_policy_selection": selection})
+    write_report(paths, metrics, selection)
     append_example_users(paths, holdout.user_ids, holdout.relevant, run.ranked)
     return topk
+
+
+def stage_metrics(
+    channel_lists: dict[str, list[np.ndarray]],
+    merged: list[np.ndarray],
+    ranked: list[np.ndarray],
+    relevant: list[np.ndarray],
+) -> dict[str, Any]:
+    """What each stage adds: every channel alone (filled up with popularity, as it would be served), the
+    merged candidates (Recall@50 in merge order, Recall@200), the ranked list, and its lift in NDCG@50
+    over the best single channel."""
+    out: dict[str, Any] = {}
+    popular = channel_lists["popularity"]
+    for name in CHANNEL_ROWS:
+        lists = channel_lists.get(name, [])
+        if any(len(items) for items in lists):
+            filled = [fill_with(items, fallback, TOPK) for items, fallback in zip(lists, popular, strict=True)]
+            out[name] = topk_metrics(filled, relevant, TOPK)
+    out["merged"] = {
+        **topk_metrics(merged, relevant, TOPK),
+        "recall_at_k": MERGED_RECALL_K,
+        f"recall_at_{MERGED_RECALL_K}": topk_metrics(merged, relevant, MERGED_RECALL_K)["recall"],
+    }
+    out["ranked"] = topk_metrics(ranked, relevant, TOPK)
+    channels = [name for name in CHANNEL_ROWS if name in out]
+    best = max(channels, key=lambda name: out[name]["ndcg"])
+    out["best_channel"] = best
+    out["ranked_lift_over_best_channel"] = round(out["ranked"]["ndcg"] / max(out[best]["ndcg"], 1e-12), 4)
+    return out
 
 
 def fill_with(items: np.ndarray, fallback: np.ndarray, k: int) -> np.ndarray:
@@ -75,24 +106,20 @@ def fill_with(items: np.ndarray, fallback: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([items[:k], fallback[~np.isin(fallback, items)]])[:k]
 
 
-def write_report(
-    paths: ArtifactPaths,
-    metrics: dict[str, Any],
-    sensitivity: dict[float, dict[str, float]],
-    validation: dict[float, dict[str, float]],
-) -> None:
+def write_report(paths: ArtifactPaths, metrics: dict[str, Any], selection: list[dict[str, float]]) -> None:
     plots = [plot_topk(metrics["topk"], paths.reports_dir / "topk.png").name]
     histories = {}
     if paths.model_dir.joinpath("training_history.json").exists():
         histories["ranker (DeepFM)"] = _epochs(read_json(paths.model_dir / "training_history.json"))
     recall_meta = paths.recall_dir / "metadata.json"
     if recall_meta.exists():
-        histories["vector recall (like head)"] = (
-            read_json(recall_meta).get("s2_vector_recall", {}).get("outputs", {}).get("history", [])
-        )
+        vector_history = read_json(recall_meta).get("s2_vector_recall", {}).get("outputs", {}).get("history", [])
+        histories["vector recall (validation Recall@50)"] = [
+            {"epoch": h["epoch"], "val_auc": h["val_recall"]} for h in vector_history if "val_recall" in h
+        ]
     plots.append(plot_curves(histories, paths.reports_dir / "training_curves.png").name)
     with atomic_path(paths.report_path) as tmp:
-        tmp.write_text(render_report(metrics, sensitivity, validation, plots))
+        tmp.write_text(render_report(metrics, selection, plots))
     log.info("wrote %s and %s", paths.metrics_path, paths.report_path)
 
 

@@ -1,8 +1,9 @@
 """Stage recall/3: the item-to-item channel (EASE), kept as a top-N neighbour table, and evaluated.
 
-Reads preprocess/samples.parquet and the artifacts of stage recall/1. At serving time the user's most
-recent seen items are the triggers (liked ones weigh 1, others 0.3; ``data_exchange_center/chain.py``)
-and candidates are ranked by summed neighbour weights. How many recent items to use is selected on
+Reads preprocess/samples.parquet and the artifacts of stage recall/1. At serving time the user's seen
+items are the triggers, weighted by recency (``0.5 ** (age / half_life)``) and by whether they were
+liked (``data_exchange_center.chain.TriggerPolicy``); candidates are ranked by summed weighted neighbour
+weights. The policy (half-life, weight of unliked items; or today's fixed last 20) is selected on
 validation: EASE fitted on the training split, triggers from it, targets the test split's positives.
 Then EASE is refitted on all offline impressions. Writes recall/item_neighbors.parquet (itemid,
 neighbor, weight) and recall/i2i_params.json (the selected trigger policy; this stage is its only writer).
@@ -30,18 +31,30 @@ from offline.common.user_states import UserStates, channel_recommender, split_by
 from offline.recall.item_to_item import ItemToItemConfig, fit_ease, neighbor_table
 
 log = logging.getLogger(__name__)
-TRIGGER_GRID = (5, 10, 20, 30, 50, 100)
+HALF_LIFE_GRID = (2.0, 5.0, 10.0, 20.0)  # recency half-life of the trigger weights, in seen items
+UNLIKED_WEIGHT_GRID = (0.3, 0.5, 1.0)
+HALF_LIVES_KEPT = 10  # triggers older than this many half-lives weigh < 0.1 %: left out to bound the request
+
+
+def trigger_grid() -> list[chain.TriggerPolicy]:
+    """The policies compared on validation: today's fixed last 20, and recency-weighted ones."""
+    grid = [chain.TriggerPolicy()]
+    for half_life in HALF_LIFE_GRID:
+        for unliked in UNLIKED_WEIGHT_GRID:
+            grid.append(chain.TriggerPolicy(int(np.ceil(HALF_LIVES_KEPT * half_life)), half_life, unliked))
+    return grid
 
 
 @dataclass(frozen=True)
 class ValidationResult:
-    best_max_triggers: int
-    recall_by_max_triggers: dict[int, float]
+    best: chain.TriggerPolicy
+    metrics: list[dict[str, float]]  # per policy of the grid: its parameters and Recall/NDCG@K
 
 
-def select_max_triggers(samples: pd.DataFrame, config: ItemToItemConfig, paths: ArtifactPaths) -> ValidationResult:
-    """Recall@K of the i2i channel per trigger count: EASE on the train split, targets the test positives.
-    The train-split neighbour table is kept for later selections on the same validation setup."""
+def select_trigger_policy(samples: pd.DataFrame, config: ItemToItemConfig, paths: ArtifactPaths) -> ValidationResult:
+    """Top-K of the i2i channel per trigger policy: EASE on the train split, triggers from it, targets the
+    test positives; the best NDCG@K wins. The train-split neighbour table is kept for later selections on
+    the same validation setup."""
     train = samples[samples[S.SPLIT] == S.SPLIT_TRAIN]
     item_ids, weights = fit_ease(train[[S.USER_ID, S.ITEM_ID]], config)
     table = neighbor_table(item_ids, weights, config.n_neighbors)
@@ -53,42 +66,76 @@ def select_max_triggers(samples: pd.DataFrame, config: ItemToItemConfig, paths: 
     seen_users, seen = split_by_user(train, S.ITEM_ID)
     _, labels = split_by_user(train, S.LABEL)
     position = dict(zip(seen_users.tolist(), range(len(seen_users)), strict=True))
-    recall: dict[int, float] = {}
-    for max_triggers in TRIGGER_GRID:
-        recommended = []
-        for user in target_users.tolist():
-            items = seen[position[user]] if user in position else np.zeros(0, np.int64)
-            rows = np.searchsorted(item_ids, items[-max_triggers:])
-            rows = np.minimum(rows, len(item_ids) - 1)
-            policy = chain.TriggerPolicy(max_triggers=max_triggers)
-            triggers = policy.weights(labels[position[user]]) if user in position else np.zeros(0)
-            scored = chain.i2i_scores(nbr_items[rows], nbr_weights[rows], triggers.astype(np.float32))
-            recommended.append(chain.top_k(*scored, TOPK, np.sort(items))[0])
-        recall[max_triggers] = topk_metrics(recommended, relevant, TOPK)["recall"]
-        log.info("validation: %d triggers -> Recall@%d %.4f", max_triggers, TOPK, recall[max_triggers])
-    return ValidationResult(max(recall, key=lambda m: (recall[m], -m)), recall)
+    grid = trigger_grid()
+    recommended: list[list[np.ndarray]] = [[] for _ in grid]
+    for user in target_users.tolist():
+        items = seen[position[user]] if user in position else np.zeros(0, np.int64)
+        user_labels = labels[position[user]] if user in position else np.zeros(0, np.int8)
+        for g, scored in enumerate(i2i_scores_per_policy(item_ids, nbr_items, nbr_weights, items, user_labels, grid)):
+            recommended[g].append(chain.top_k(*scored, TOPK, np.sort(items))[0])
+    metrics = []
+    for policy, lists in zip(grid, recommended, strict=True):
+        m = topk_metrics(lists, relevant, TOPK)
+        metrics.append({**policy.to_dict(), "recall": m["recall"], "ndcg": m["ndcg"]})
+        log.info("validation: %s -> Recall@%d %.4f NDCG %.4f", policy, TOPK, m["recall"], m["ndcg"])
+    best = max(range(len(grid)), key=lambda g: (metrics[g]["ndcg"], -g))
+    return ValidationResult(grid[best], metrics)
+
+
+def i2i_scores_per_policy(
+    item_ids: np.ndarray,
+    nbr_items: np.ndarray,
+    nbr_weights: np.ndarray,
+    seen: np.ndarray,
+    seen_labels: np.ndarray,
+    grid: list[chain.TriggerPolicy],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``chain.i2i_scores`` of one user under each policy of ``grid``, sharing one de-duplication of the
+    neighbours of the longest trigger list (the serving code computes one policy; tests check equality)."""
+    longest = max(p.max_triggers for p in grid)
+    triggers = seen[-longest:]
+    rows = np.minimum(np.searchsorted(item_ids, triggers), len(item_ids) - 1)
+    known = item_ids[rows] == triggers if len(item_ids) else np.zeros(len(triggers), dtype=bool)
+    nbr = np.where(known[:, None], nbr_items[rows], -1)  # (n_triggers, n_neighbors)
+    weights = np.where(known[:, None], nbr_weights[rows], 0.0)  # (n_triggers, n_neighbors)
+    age = np.repeat(np.arange(len(triggers) - 1, -1, -1), nbr.shape[1])  # (n_triggers * n_neighbors,)
+    flat, flat_w = nbr.ravel(), weights.ravel()
+    valid = flat >= 0
+    out_items, inverse = np.unique(flat[valid], return_inverse=True)
+    out = []
+    for policy in grid:
+        trigger_w = np.zeros(len(triggers), np.float32)
+        n = min(policy.max_triggers, len(triggers))
+        if n:
+            trigger_w[len(triggers) - n :] = policy.weights(seen_labels)[-n:]
+        contrib = (flat_w * np.repeat(trigger_w, nbr.shape[1]))[valid]
+        in_range = (age < n)[valid]
+        scores = np.bincount(inverse, weights=contrib, minlength=len(out_items)).astype(np.float32)
+        reached = np.bincount(inverse, weights=in_range, minlength=len(out_items)) > 0
+        out.append((out_items[reached], scores[reached]))
+    return out
 
 
 def item_to_item(paths: ArtifactPaths, config: ItemToItemConfig) -> dict[str, float]:
     samples = read_parquet(paths.samples_path, S.SAMPLES_COLUMNS)
-    selection = select_max_triggers(samples, config, paths)
+    selection = select_trigger_policy(samples, config, paths)
     offline = samples[samples[S.SPLIT] != S.SPLIT_ONLINE]
     item_ids, weights = fit_ease(offline[[S.USER_ID, S.ITEM_ID]], config)
     table = neighbor_table(item_ids, weights, config.n_neighbors)
     del weights
     write_parquet(table, paths.item_neighbors_path)
-    trigger_policy = chain.TriggerPolicy(max_triggers=selection.best_max_triggers)
+    trigger_policy = selection.best
     write_json(trigger_policy.to_dict(), paths.i2i_params_path)
     index = ItemIndex.load(paths, with_vectors=False)
     users = UserStates(paths, with_vectors=False)
     recommender = channel_recommender(index, users, "i2i", TOPK, trigger_policy)
     metrics = evaluate_recommender(Holdout.from_samples(samples), recommender, desc="i2i")
-    log.info("i2i@%d on the online holdout with %d triggers: %s", TOPK, selection.best_max_triggers, metrics)
+    log.info("i2i@%d on the online holdout with %s: %s", TOPK, trigger_policy, metrics)
     outputs = {
         "n_items": len(item_ids),
         "n_rows": len(table),
         "i2i": metrics,
-        "validation_recall_by_max_triggers": selection.recall_by_max_triggers,
+        "validation_by_trigger_policy": selection.metrics,
         **trigger_policy.to_dict(),
     }
     write_metadata(paths.recall_dir, "s3_item_to_item", outputs, config=config.to_dict(), dataset=dataset_name(paths))

@@ -138,3 +138,40 @@ def test_chain_parameters_round_trip_and_defaults(tmp_path: Path) -> None:
     write_json(triggers.to_dict(), i2i_path)
     write_json(chain.RankingPolicy(like_weight=0.5).to_dict(), policy_path)
     assert chain.read_chain_parameters(i2i_path, policy_path) == (triggers, chain.RankingPolicy(like_weight=0.5))
+
+
+def test_merge_attaches_vector_scores_of_vector_hits_only() -> None:
+    results = {
+        "i2i": (np.array([5, 6]), np.array([2.0, 1.0], dtype=np.float32)),
+        "vector": (np.array([7, 5]), np.array([3.0, 1.5], dtype=np.float32)),
+        "popularity": (np.array([8]), np.array([9.0], dtype=np.float32)),
+    }
+    merged = chain.merge_candidates(results, np.array([5, 6]), np.array([2.0, 1.0], dtype=np.float32))
+    assert merged.items.tolist() == [5, 6, 7, 8]
+    np.testing.assert_array_equal(merged.vector_score, np.array([1.5, np.nan, 3.0, np.nan], dtype=np.float32))
+
+
+def test_final_score_adds_relative_vector_probability_golden_values() -> None:
+    candidates = chain.Candidates(
+        items=np.array([1, 2, 3]),
+        i2i_score=np.array([2.0, 1.0, 0.0], dtype=np.float32),
+        channel=np.array(["i2i", "i2i", "vector"], dtype=object),
+        rank_in_channel=np.array([0, 1, 0]),
+        vector_score=np.array([np.nan, 0.0, np.log(4.0)], dtype=np.float32),
+    )
+    like = np.array([1.0, 0.5, 1.0])
+    policy = chain.RankingPolicy(like_weight=1.0, prior_weight=0.0, vector_weight=2.0)
+    # watch = i2i / 2 + 2 * exp(vector - log 4): [1, 0.5 + 2 * 0.25, 0 + 2 * 1]; times like
+    np.testing.assert_allclose(chain.final_scores(candidates, like, policy), [1.0, 0.5, 2.0], rtol=1e-6)
+    off = chain.RankingPolicy(like_weight=1.0, prior_weight=0.0)  # vector weight 0: the item-to-item order
+    np.testing.assert_allclose(chain.final_scores(candidates, like, off), [1.0, 0.25, 0.0], rtol=1e-6)
+
+
+def test_lookup_scores_equal_brute_force() -> None:
+    rng = np.random.default_rng(4)
+    hits = rng.choice(100, size=30, replace=False)
+    scores = rng.normal(size=30).astype(np.float32)
+    items = rng.integers(0, 100, size=50)
+    got = chain.lookup_scores(hits, scores, items)
+    expected = [scores[list(hits).index(i)] if i in hits else np.nan for i in items]
+    np.testing.assert_array_equal(got, np.array(expected, dtype=np.float32))
