@@ -28,7 +28,7 @@ STAGES = [
     ("offline/preprocess/s1_data_split.py", []),
     ("offline/preprocess/s2_term_trans.py", []),
     ("offline/recall/s1_term_recall.py", []),
-    ("offline/recall/s2_vector_recall.py", ["--epochs", "3"]),
+    ("offline/recall/s2_vector_recall.py", ["--sample-budget", "60000", "--eval-every-samples", "20000"]),
     ("offline/recall/s3_item_to_item.py", []),
     ("offline/rank/s1_feature_engi.py", []),
     ("offline/rank/s2_model_train.py", ["--epochs", "2"]),
