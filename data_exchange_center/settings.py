@@ -69,7 +69,7 @@ class Settings(BaseModel):
     breaker_failures: int = Field(5, ge=1, description="consecutive failures that open a circuit breaker")
     breaker_reset_s: float = Field(2.0, gt=0, description="seconds before an open breaker lets one call through")
     max_in_flight: int = Field(
-        16, ge=0, description="requests one gunicorn worker has in its threads; beyond, 503 at once (0: no bound)"
+        32, ge=0, description="requests one gunicorn worker has in its threads; beyond, 503 at once (0: no bound)"
     )
     rate_limit_rps: float = Field(0.0, ge=0, description="per-client requests per second (token bucket; 0: off)")
     rate_limit_burst: int = Field(20, ge=1, description="per-client burst of the rate limit")

@@ -3,7 +3,7 @@
     gunicorn -c python:online.main.gunicorn_conf 'online.main.s1_server:create_app()'
 
 - Overload is shed, not queued: ``SheddingThreadWorker`` answers 503 (``Retry-After``, JSON) from its
-  event loop once ``RECSYS_MAX_IN_FLIGHT`` requests (default 16) are with its threads, so at most
+  event loop once ``RECSYS_MAX_IN_FLIGHT`` requests (default 32) are with its threads, so at most
   that many minus ``threads`` wait in the thread pool's queue (a few ms each).
 - ``/metrics`` sums every worker: ``PROMETHEUS_MULTIPROC_DIR`` (a fresh folder per server unless set)
   is set here, before any worker imports ``prometheus_client``; the folder is emptied when the
