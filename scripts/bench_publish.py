@@ -34,11 +34,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from data_exchange_center.online_layout import python_model_repository_dir  # noqa: E402
 from data_exchange_center.paths import ArtifactPaths  # noqa: E402
 from data_exchange_center.settings import Settings, load_settings  # noqa: E402
-from offline_to_online.rank.s1_feature_to_feast import feature_to_feast  # noqa: E402
-from offline_to_online.rank.s2_model_to_triton import model_to_triton  # noqa: E402
-from offline_to_online.rank.s3_check_offline_and_online import check_offline_and_online  # noqa: E402
-from offline_to_online.recall.s1_user_to_redis import user_to_redis  # noqa: E402
-from offline_to_online.recall.s2_item_to_es import item_to_es  # noqa: E402
+from offline_to_online.rank.stages import check_offline_and_online, feature_to_feast, model_to_triton  # noqa: E402
+from offline_to_online.recall.stages import item_to_es, user_to_redis  # noqa: E402
 
 ARTIFACT_FOLDERS = ("dataset", "preprocess", "recall", "rank")
 Row = dict[str, Any]

@@ -14,40 +14,9 @@ from __future__ import annotations
 
 import sys
 
-import redis
-
 from data_exchange_center.online_layout import FEAST_PROJECT
-from data_exchange_center.settings import Settings
-from offline_to_online.common import BackendUnavailable, redact_url, run_stage, served_by, stage_parser
-from offline_to_online.rank.feast_publish import FeastPublishReport, prepare_sources, publish_features
-from offline_to_online.recall.redis_users import REDIS_HINT, connect_redis
-
-FEATURE_SERVER_REDIS_URL = "redis://redis:6379/0"  # the compose service name, as the feast container sees it
-
-
-def feature_to_feast(
-    settings: Settings,
-    server_redis_url: str | None = None,
-    project: str = FEAST_PROJECT,
-    connect_attempts: int = 5,
-) -> FeastPublishReport:
-    """Check the rank artifacts against the spec, then generate, apply, materialize and verify."""
-    prepared = prepare_sources(settings.paths)  # checked before anything is written
-    if not served_by(settings, "features", "feast-", "s1_feature_to_feast", "publishing to Feast's SQLite store"):
-        return publish_features(settings.paths, prepared, yaml_redis_url=None, store_redis_url=None, project=project)
-    connect_redis(settings.redis_url, attempts=connect_attempts).close()
-    try:
-        return publish_features(
-            settings.paths,
-            prepared,
-            yaml_redis_url=server_redis_url or FEATURE_SERVER_REDIS_URL,
-            store_redis_url=settings.redis_url,
-            project=project,
-        )
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise BackendUnavailable(
-            "Redis (Feast online store)", redact_url(settings.redis_url), exc, f"materialization stopped; {REDIS_HINT}"
-        ) from None
+from offline_to_online.common import run_stage, stage_parser
+from offline_to_online.rank.stages import FEATURE_SERVER_REDIS_URL, feature_to_feast
 
 
 def main(argv: list[str] | None = None) -> int:

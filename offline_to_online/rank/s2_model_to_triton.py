@@ -13,22 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from data_exchange_center.feature_spec import FeatureSpec
-from data_exchange_center.online_layout import python_model_repository_dir
-from data_exchange_center.settings import Settings
 from offline_to_online.common import run_stage, stage_parser
-from offline_to_online.rank.triton_publish import TritonPublishReport, publish_model
-from offline_to_online.rank.triton_repo import check_onnx_model
-
-
-def model_to_triton(settings: Settings) -> TritonPublishReport:
-    """Check the model against the signature and the spec, then publish it to both repositories."""
-    paths = settings.paths
-    spec = FeatureSpec.load(paths.feature_spec_path)
-    n_sparse, n_dense = len(spec.categorical), len(spec.dense)
-    check_onnx_model(paths.onnx_path, n_sparse, n_dense)  # refused before anything is written
-    repositories = {"onnxruntime": paths.model_repository_dir, "python": python_model_repository_dir(paths)}
-    return publish_model(paths.onnx_path, n_sparse, n_dense, repositories)  # type: ignore[arg-type]
+from offline_to_online.rank.stages import model_to_triton
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,62 +10,11 @@ with Triton over gRPC (and over HTTP with
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from data_exchange_center import model_signature as sig
-from data_exchange_center.artifacts import ArtifactError
-from data_exchange_center.feature_spec import FeatureSpec
-from data_exchange_center.online_layout import latest_model_path
-from data_exchange_center.settings import Settings
-from offline_to_online.common import PublishVerificationError, run_stage, served_by, stage_parser
-from offline_to_online.rank.score_check import (
-    MIN_ROWS,
-    TOLERANCE,
-    BackendResult,
-    compare,
-    format_table,
-    load_check_rows,
-    onnxruntime_scorer,
-    score_in_batches,
-    triton_scorer,
-)
-
-log = logging.getLogger(__name__)
-
-
-def check_offline_and_online(
-    settings: Settings,
-    triton_url: str | None = None,
-    triton_http_url: str | None = None,
-    n_rows: int = MIN_ROWS,
-    connect_attempts: int = 5,
-) -> list[BackendResult]:
-    """Score the reference rows with every configured backend; raise if any differs beyond 1e-5."""
-    paths = settings.paths
-    spec = FeatureSpec.load(paths.feature_spec_path)
-    model_path = latest_model_path(paths.model_repository_dir)
-    if model_path is None:
-        raise ArtifactError(f"no published model under {paths.model_repository_dir}: run s2_model_to_triton first")
-    rows = load_check_rows(paths, spec, n_rows)
-    scorers = {f"onnxruntime ({model_path.parent.name}/model.onnx)": onnxruntime_scorer(model_path)}
-    checks_triton = triton_url is None and served_by(
-        settings, "scorer", "triton", "s3_check_offline_and_online", "checking ONNX Runtime only"
-    )
-    grpc_url = triton_url or (settings.triton_url if checks_triton else None)
-    if grpc_url:
-        scorers[f"triton grpc {grpc_url}"] = triton_scorer(grpc_url, "grpc", connect_attempts)
-    if triton_http_url:
-        scorers[f"triton http {triton_http_url}"] = triton_scorer(triton_http_url, "http", connect_attempts)
-    results = [
-        compare(name, score_in_batches(scorer, rows.sparse, rows.dense, sig.MAX_BATCH_SIZE), rows.reference)
-        for name, scorer in scorers.items()
-    ]
-    print(format_table(len(rows.reference), results))
-    failed = [r.backend for r in results if not r.ok]
-    if failed:
-        raise PublishVerificationError(f"scores of {failed} differ from PyTorch's by more than {TOLERANCE:g}")
-    return results
+from offline_to_online.common import run_stage, stage_parser
+from offline_to_online.rank.score_check import MIN_ROWS
+from offline_to_online.rank.stages import check_offline_and_online
 
 
 def main(argv: list[str] | None = None) -> int:

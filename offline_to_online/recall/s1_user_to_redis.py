@@ -12,28 +12,11 @@ from __future__ import annotations
 
 import sys
 
-from data_exchange_center.online_layout import users_store_dir
-from data_exchange_center.settings import Settings
-from offline_to_online.common import run_stage, served_by, stage_parser
-from offline_to_online.recall.embedded_users import EmbeddedPublishReport, publish_users_embedded
+from offline_to_online.common import run_stage, stage_parser
 from offline_to_online.recall.redis_users import (
     BATCH_SIZE,
-    RedisPublishReport,
-    connect_redis,
-    publish_users_to_redis,
 )
-from offline_to_online.recall.user_source import load_user_source
-
-
-def user_to_redis(
-    settings: Settings, batch_size: int = BATCH_SIZE, progress: bool = True, connect_attempts: int = 5
-) -> RedisPublishReport | EmbeddedPublishReport:
-    """Check the user artifacts, then publish them to the profile's store; returns what was published."""
-    source = load_user_source(settings.paths)  # checked before anything is written
-    if not served_by(settings, "profiles", "redis", "s1_user_to_redis", "publishing the in-process store"):
-        return publish_users_embedded(users_store_dir(settings.paths), source)
-    client = connect_redis(settings.redis_url, attempts=connect_attempts)
-    return publish_users_to_redis(client, source, settings.redis_namespace, batch_size=batch_size, progress=progress)
+from offline_to_online.recall.stages import user_to_redis
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,49 +18,9 @@ from __future__ import annotations
 
 import sys
 
-import elastic_transport
-
-from data_exchange_center.online_layout import new_version
-from data_exchange_center.settings import Settings
-from offline_to_online.common import BackendUnavailable, redact_url, run_stage, served_by, stage_parser
-from offline_to_online.recall.embedded_items import (
-    EmbeddedItemsReport,
-    activate_item_version,
-    discard_item_version,
-    publish_items_embedded,
-    stage_item_version,
-)
-from offline_to_online.recall.es_client import ES_HINT, ElasticsearchApi, connect_es
-from offline_to_online.recall.es_items import MIN_KNN_AGREEMENT, EsPublishReport, publish_items_to_es
-from offline_to_online.recall.item_source import chain_parameters, load_item_source
-
-
-def item_to_es(
-    settings: Settings, progress: bool = True, connect_attempts: int = 5, min_knn_agreement: float = MIN_KNN_AGREEMENT
-) -> EsPublishReport | EmbeddedItemsReport:
-    """Check the item artifacts, then publish them to the profile's item index."""
-    load_item_source(settings.paths)  # checked before anything is written
-    chain = chain_parameters(settings.paths)
-    if not served_by(settings, "index", "elasticsearch", "s2_item_to_es", "publishing the in-process version only"):
-        return publish_items_embedded(settings.paths, chain)
-    api = ElasticsearchApi(connect_es(settings, attempts=connect_attempts))
-    version = new_version()
-    _, source = stage_item_version(settings.paths, chain, version)  # the fallback's copy, not yet live
-    try:
-        report = publish_items_to_es(
-            api, source, settings.es_index_alias, version=version, chain=chain, progress=progress,
-            min_knn_agreement=min_knn_agreement,
-        )  # fmt: skip
-    except (elastic_transport.ConnectionError, elastic_transport.ConnectionTimeout) as exc:
-        discard_item_version(settings.paths, version)
-        raise BackendUnavailable(
-            "Elasticsearch", redact_url(settings.es_url), exc, f"the publish stopped, the alias is unchanged; {ES_HINT}"
-        ) from None
-    except BaseException:
-        discard_item_version(settings.paths, version)
-        raise
-    activate_item_version(settings.paths, version)
-    return report
+from offline_to_online.common import run_stage, stage_parser
+from offline_to_online.recall.es_items import MIN_KNN_AGREEMENT
+from offline_to_online.recall.stages import item_to_es
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import yaml
 
 from data_exchange_center import online_layout as L
 from data_exchange_center.settings import load_settings
-from offline_to_online.rank.s1_feature_to_feast import feature_to_feast
+from offline_to_online.rank.stages import feature_to_feast
 from scripts.native_servers import free_port, tail
 from tests.fixtures_artifacts import TinyArtifacts, write_tiny_artifacts
 

@@ -18,7 +18,7 @@ from data_exchange_center.settings import Settings, load_settings
 from offline_to_online.recall.es_client import ElasticsearchApi, connect_es
 from offline_to_online.recall.es_items import EsPublishReport, publish_items_to_es
 from offline_to_online.recall.item_source import load_item_source
-from offline_to_online.recall.s2_item_to_es import item_to_es
+from offline_to_online.recall.stages import item_to_es
 from tests.fixtures_artifacts import write_tiny_artifacts
 
 ES_URL = os.environ.get("RECSYS_TEST_ES_URL", "")

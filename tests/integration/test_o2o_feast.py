@@ -20,7 +20,7 @@ from data_exchange_center.artifacts import write_parquet
 from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.settings import load_settings
 from offline_to_online.rank import s1_feature_to_feast
-from offline_to_online.rank.s1_feature_to_feast import feature_to_feast
+from offline_to_online.rank.stages import feature_to_feast
 from scripts.native_servers import RedisServer, free_port, tail
 from tests.fixtures_artifacts import write_tiny_artifacts
 

@@ -22,6 +22,7 @@ from data_exchange_center.artifacts import write_npz
 from data_exchange_center.settings import load_settings
 from offline_to_online.recall import s1_user_to_redis
 from offline_to_online.recall.redis_users import compare_records, publish_users_to_redis, read_live_user
+from offline_to_online.recall.stages import user_to_redis
 from offline_to_online.recall.user_source import load_user_source
 from scripts.native_servers import REPO_ROOT, RedisServer, free_port
 from tests.fixtures_artifacts import TinyConfig, write_tiny_artifacts
@@ -184,7 +185,7 @@ def test_publish_waits_for_a_redis_that_is_still_starting(tmp_path: Path, namesp
     settings = load_settings(overrides)
     with ThreadPoolExecutor(1) as pool:
         try:
-            publishing = pool.submit(s1_user_to_redis.user_to_redis, settings, progress=False)
+            publishing = pool.submit(user_to_redis, settings, progress=False)
             time.sleep(1.0)  # the publisher's first tries fail
             assert not publishing.done()
             server.start()  # from this thread: a server dies with the thread that started it

@@ -13,8 +13,8 @@ from data_exchange_center.online_layout import python_model_repository_dir
 from data_exchange_center.settings import load_settings
 from offline_to_online.common import PublishVerificationError
 from offline_to_online.rank import s3_check_offline_and_online
-from offline_to_online.rank.s2_model_to_triton import model_to_triton
 from offline_to_online.rank.score_check import load_check_rows, triton_scorer
+from offline_to_online.rank.stages import model_to_triton
 from scripts.native_servers import TritonServer, TritonVenv, free_port
 from tests.fixtures_artifacts import write_tiny_artifacts
 

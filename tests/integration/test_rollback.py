@@ -32,12 +32,11 @@ from data_exchange_center import online_layout as L
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import read_json, write_parquet
 from data_exchange_center.settings import load_settings
-from offline_to_online.rank.s1_feature_to_feast import feature_to_feast
-from offline_to_online.rank.s2_model_to_triton import model_to_triton
+from offline_to_online.rank.stages import feature_to_feast, model_to_triton
 from offline_to_online.recall.embedded_items import publish_items_embedded
 from offline_to_online.recall.item_source import chain_parameters
 from offline_to_online.recall.redis_users import publish_users_to_redis
-from offline_to_online.recall.s1_user_to_redis import user_to_redis
+from offline_to_online.recall.stages import user_to_redis
 from offline_to_online.recall.user_source import load_user_source
 from offline_to_online.rollback import journal_path, rollback
 from online.backends.redis_profiles import RedisProfileStore

@@ -19,11 +19,11 @@ from data_exchange_center import online_layout as L
 from data_exchange_center.artifacts import ArtifactError, write_json
 from data_exchange_center.settings import Settings, load_settings
 from offline_to_online import s4_rollback
-from offline_to_online.rank.s2_model_to_triton import model_to_triton
+from offline_to_online.rank.stages import model_to_triton
 from offline_to_online.recall.embedded_items import publish_items_embedded, stage_item_version
 from offline_to_online.recall.es_items import publish_items_to_es
 from offline_to_online.recall.item_source import chain_parameters
-from offline_to_online.recall.s1_user_to_redis import user_to_redis
+from offline_to_online.recall.stages import user_to_redis
 from offline_to_online.rollback import (
     RollbackError,
     check_item_folder,

@@ -13,6 +13,7 @@ import pytest
 from data_exchange_center.online_layout import latest_model_path, model_versions, python_model_repository_dir
 from data_exchange_center.settings import load_settings
 from offline_to_online.rank import s2_model_to_triton, s3_check_offline_and_online
+from offline_to_online.rank.stages import model_to_triton
 from offline_to_online.rank.triton_publish import PYTHON_MODEL_SOURCE
 from offline_to_online.rank.triton_repo import check_onnx_model, config_pbtxt
 from tests.fixtures_artifacts import write_tiny_artifacts
@@ -128,7 +129,7 @@ def test_each_publish_is_a_new_version_and_two_are_kept(tmp_path: Path) -> None:
     tiny = write_tiny_artifacts(tmp_path)
     settings = load_settings({"data_dir": tmp_path})
     (tmp_path / ".model_repository.staging-9-dead").mkdir()  # an interrupted publish's leftover
-    reports = [s2_model_to_triton.model_to_triton(settings) for _ in range(3)]
+    reports = [model_to_triton(settings) for _ in range(3)]
     assert [r.version for r in reports] == [1, 2, 3]
     repo, python_repo = tiny.paths.model_repository_dir, python_model_repository_dir(tiny.paths)
     assert model_versions(repo) == model_versions(python_repo) == [2, 3]
@@ -143,7 +144,7 @@ def test_each_publish_is_a_new_version_and_two_are_kept(tmp_path: Path) -> None:
 def test_check_compares_onnxruntime_with_the_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tiny = write_tiny_artifacts(tmp_path)
     assert s3_check_offline_and_online.main(["--data-dir", str(tmp_path)]) == 2  # nothing published yet
-    s2_model_to_triton.model_to_triton(load_settings({"data_dir": tmp_path}))
+    model_to_triton(load_settings({"data_dir": tmp_path}))
     assert s3_check_offline_and_online.main(["--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "onnxruntime (1/model.onnx)" in out and " 1000 " in out and " yes" in out
