@@ -1,5 +1,5 @@
-"""The DeepFM ranker: shapes, genre crosses, persistence, ONNX export, and training on synthetic data
-(learns, reproducible, the stage writes every artifact, ONNX scoring of pairs equals PyTorch)."""
+"""The DeepFM ranker without training: shapes, the FM term against a brute-force sum over field pairs,
+genre crosses, persistence and ONNX export (training is tests/integration/test_ranker_training.py)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,8 @@ import onnx
 import pytest
 import torch
 
-from data_exchange_center.artifacts import read_json, read_parquet
-from data_exchange_center.feature_spec import FeatureSpec, combine_features
-from data_exchange_center.paths import ArtifactPaths
-from offline.preprocess.fetch import fetch_dataset
-from offline.preprocess.s1_data_split import data_split
-from offline.preprocess.s2_term_trans import term_trans
-from offline.preprocess.synthetic import SyntheticConfig
 from offline.rank.deepfm import DeepFM, RankerConfig, export_onnx, load_ranker
-from offline.rank.s1_feature_engi import feature_engi
-from offline.rank.s2_model_train import model_train
-from offline.rank.scoring import load_session, score_encoded, score_pairs
-from offline.rank.train import TrainConfig, TrainedRanker, encode_rows, train_ranker
+from offline.rank.scoring import load_session, score_encoded
 
 pytestmark = pytest.mark.unit
 
@@ -38,7 +28,6 @@ CONFIG = RankerConfig(
     cross_user_fields=[[2, 3], [4, 5]],  # two affinity groups over two genres
     cross_item_fields=[5, 6],
 )
-FAST = TrainConfig(epochs=4, batch_size=512, patience=2, max_train_seconds=60)
 
 
 def random_inputs(config: RankerConfig, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +53,25 @@ def test_output_is_a_probability_per_row() -> None:
     scores = model(sparse, dense)
     assert scores.shape == (33, 1) and scores.dtype == torch.float32
     assert ((scores > 0) & (scores < 1)).all()
-    assert torch.allclose(scores, torch.sigmoid(model.logits(sparse, dense)))
+    np.testing.assert_allclose(
+        scores.detach().numpy()[:, 0], 1 / (1 + np.exp(-brute_force_logits(model, sparse, dense))), atol=1e-5
+    )
+
+
+def brute_force_logits(model: DeepFM, sparse: torch.Tensor, dense: torch.Tensor) -> np.ndarray:
+    """First order + the FM's sum over every pair of field vectors, one row and one pair at a time, + the MLP."""
+    config, out = model.config, []
+    with torch.no_grad():
+        for r in range(sparse.shape[0]):
+            rows = sparse[r] + model.offsets  # (n_sparse,)
+            vectors = [model.sparse_embedding.weight[k] for k in rows]
+            vectors += [dense[r, f] * model.dense_embedding[j] for j, f in enumerate(config.fm_dense_fields)]
+            pairs = sum(float(vectors[i] @ vectors[j]) for i in range(len(vectors)) for j in range(i + 1, len(vectors)))
+            values = torch.cat([dense[r : r + 1], model.genre_crosses(dense[r : r + 1])], dim=1)  # (1, n_values)
+            first = float(model.sparse_weight.weight[rows].sum() + model.dense_linear(values)[0, 0])
+            flat = torch.cat([model.sparse_embedding.weight[rows].flatten(), values[0]]).unsqueeze(0)
+            out.append(first + pairs + float(model.mlp.eval()(flat)[0, 0]))
+    return np.asarray(out)
 
 
 def test_unknown_ids_start_at_zero() -> None:
@@ -116,74 +123,3 @@ def test_onnx_export_equals_pytorch_for_any_batch_size(tmp_path: Path) -> None:
         sparse, dense = random_inputs(CONFIG, n, seed=n)
         expected = model(sparse, dense).detach().numpy()[:, 0]
         np.testing.assert_allclose(score_encoded(session, sparse.numpy(), dense.numpy()), expected, atol=1e-6)
-
-
-# --- training on synthetic data ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def synthetic_paths(tmp_path_factory: pytest.TempPathFactory) -> ArtifactPaths:
-    paths = ArtifactPaths(tmp_path_factory.mktemp("rank"))
-    fetch_dataset("synthetic", paths, synthetic=SyntheticConfig(n_users=300, n_items=200, n_ratings=20_000))
-    data_split(paths)
-    term_trans(paths)
-    feature_engi(paths)
-    return paths
-
-
-@pytest.fixture(scope="module")
-def trained(synthetic_paths: ArtifactPaths) -> tuple[TrainedRanker, TrainedRanker]:
-    spec = FeatureSpec.load(synthetic_paths.feature_spec_path)
-    train = read_parquet(synthetic_paths.rank_train_path)
-    return train_ranker(spec, train, FAST, progress=False), train_ranker(spec, train, FAST, progress=False)
-
-
-def test_training_learns_and_is_reproducible(trained: tuple[TrainedRanker, TrainedRanker]) -> None:
-    first, second = trained
-    assert first.selection.best_val_auc > 0.6
-    assert first.selection.best_val_auc == pytest.approx(second.selection.best_val_auc, abs=1e-6)
-    first_losses = [h["train_loss"] for h in first.refit_history]
-    assert first_losses == pytest.approx([h["train_loss"] for h in second.refit_history], abs=1e-6)
-    assert len(first.refit_history) == first.selection.best_epoch
-
-
-def test_scoring_pairs_with_onnx_equals_pytorch(
-    synthetic_paths: ArtifactPaths, trained: tuple[TrainedRanker, TrainedRanker], tmp_path: Path
-) -> None:
-    model = trained[0].model
-    spec = FeatureSpec.load(synthetic_paths.feature_spec_path)
-    users = read_parquet(synthetic_paths.user_features_path)
-    items = read_parquet(synthetic_paths.item_features_path)
-    rng = np.random.default_rng(0)
-    userids = rng.choice(users["userid"], 500)
-    itemids = rng.choice(items["itemid"], 500)
-    scores = score_pairs(
-        export_onnx(model, tmp_path / "model.onnx"), spec, users, items, userids, itemids, batch_size=128
-    )
-    user_rows = users.set_index("userid").loc[userids].reset_index()
-    item_rows = items.set_index("itemid").loc[itemids].reset_index()
-    sparse, dense = combine_features(spec.encode_users(user_rows), spec.encode_items(item_rows))
-    expected = model(torch.from_numpy(sparse), torch.from_numpy(dense)).detach().numpy()[:, 0]
-    np.testing.assert_allclose(scores, expected, atol=1e-6)
-    with pytest.raises(ValueError, match="no feature row"):
-        score_pairs(tmp_path / "model.onnx", spec, users, items, [-1], itemids[:1])
-
-
-def test_stage_writes_the_model_artifacts(synthetic_paths: ArtifactPaths) -> None:
-    summary = model_train(synthetic_paths, dataclasses.replace(FAST, epochs=2))
-    model_dir = synthetic_paths.model_dir
-    assert {"model.pt", "model_args.json", "training_history.json", "model.onnx", "reference_scores.parquet"} <= {
-        p.name for p in model_dir.iterdir()
-    }
-    args = read_json(synthetic_paths.model_args_path)
-    spec = FeatureSpec.load(synthetic_paths.feature_spec_path)
-    assert args["ranker"]["vocab_sizes"] == spec.vocab_sizes and args["ranker"]["n_dense"] == len(spec.dense)
-    model = load_ranker(synthetic_paths.model_args_path, synthetic_paths.model_weights_path)
-    reference = read_parquet(model_dir / "reference_scores.parquet")
-    test = read_parquet(synthetic_paths.rank_test_path)
-    rows = encode_rows(spec, test.iloc[reference["row"].to_numpy()])
-    expected = model(rows.sparse, rows.dense).detach().numpy()[:, 0]
-    np.testing.assert_allclose(reference["score"].to_numpy(), expected, atol=1e-6)
-    metrics = read_json(synthetic_paths.metrics_path)["rank"]
-    assert metrics["n_features"] == spec.n_features and metrics["test_auc"] == summary["test_auc"]
-    assert set(metrics) >= {"test_auc", "val_auc", "n_features", "best_epoch", "train_seconds"}
-    history = read_json(model_dir / "training_history.json")
-    assert len(history["epochs"]) >= history["best_epoch"] >= 1
