@@ -169,9 +169,11 @@ def test_redis_users_roll_back_under_load(tmp_path: Path, redis_server: RedisSer
     first = publish_users_to_redis(client, source, namespace, progress=False)
     second = publish_users_to_redis(client, source, namespace, progress=False)
     store = RedisProfileStore(settings)
+    store.maybe_refresh()  # the service reads the pointer before it is ready
     userids = [int(u) for u in tiny.userids[:10]]
 
     def read() -> str:
+        store.maybe_refresh()  # what the service's background version thread does between requests
         state, version = store.fetch(random.choice(userids), 1.0)
         if state is None:
             raise AssertionError(f"a published user was not found in version {version}")
