@@ -14,9 +14,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from data_exchange_center.artifacts import read_json
-from data_exchange_center.item_index import Ranked, top_k
+from data_exchange_center.item_index import Ranked, dense_ids, top_k
 
 CHANNELS = ("i2i", "vector", "term", "popularity")
+_CHANNEL_NAMES = np.array(CHANNELS, dtype=object)
 TRIGGER_WEIGHT_LIKED = 1.0  # a liked (rating > 3) offline item as an item-to-item trigger
 TRIGGER_WEIGHT_OTHER = 0.3  # a watched but not liked item: still evidence of taste, weaker
 DEFAULT_MAX_TRIGGERS = 20  # the user's most recent seen items used as triggers (selected on validation)
@@ -121,9 +122,16 @@ def i2i_scores(neighbor_items: np.ndarray, neighbor_weights: np.ndarray, trigger
     flat = neighbor_items.ravel()
     contrib = (neighbor_weights * triggers[:, None]).ravel()
     valid = flat >= 0
-    items, inverse = np.unique(flat[valid], return_inverse=True)
-    scores = np.bincount(inverse, weights=contrib[valid], minlength=len(items)).astype(np.float32)
-    return items, scores
+    flat, contrib = flat[valid], contrib[valid]
+    size = dense_ids(flat)
+    if size is None:  # large ids: sort them
+        items, inverse = np.unique(flat, return_inverse=True)
+        return items, np.bincount(inverse, weights=contrib, minlength=len(items)).astype(np.float32)
+    sums = np.bincount(flat, weights=contrib, minlength=size)  # by id: the same additions, in the same order
+    reached = np.zeros(size, dtype=bool)
+    reached[flat] = True
+    items = np.flatnonzero(reached).astype(np.int64)
+    return items, sums[items].astype(np.float32)
 
 
 @dataclass
@@ -145,24 +153,22 @@ def merge_candidates(
 ) -> Candidates:
     """Concatenate channel results in ``CHANNELS`` order, keep each item's first occurrence, and attach
     every candidate's item-to-item score (looked up in the sorted ``i2i_items``/``i2i_all_scores``)."""
-    items_parts, channel_parts, rank_parts = [], [], []
-    for name in CHANNELS:
-        items, _ = channel_results.get(name, (np.zeros(0, np.int64), np.zeros(0, np.float32)))
-        items_parts.append(np.asarray(items, dtype=np.int64))
-        channel_parts.append(np.full(len(items), name, dtype=object))
-        rank_parts.append(np.arange(len(items)))
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    items_parts = [np.asarray(channel_results.get(name, empty)[0], dtype=np.int64) for name in CHANNELS]
+    sizes = [len(part) for part in items_parts]
     all_items = np.concatenate(items_parts)
     _, first = np.unique(all_items, return_index=True)
     first = np.sort(first)
     items = all_items[first]
-    channel = np.concatenate(channel_parts)[first]
+    code = np.repeat(np.arange(len(CHANNELS)), sizes)[first]  # the proposing channel's position in CHANNELS
+    rank = (np.arange(len(all_items)) - np.repeat(np.cumsum(sizes) - sizes, sizes))[first]
     pos = np.searchsorted(i2i_items, items)
     pos = np.minimum(pos, max(len(i2i_items) - 1, 0))
     found = (i2i_items[pos] == items) if len(i2i_items) else np.zeros(len(items), dtype=bool)
     i2i = np.where(found, i2i_all_scores[pos] if len(i2i_items) else 0.0, 0.0).astype(np.float32)
-    counts = {name: int((channel == name).sum()) for name in CHANNELS}
-    vector_items, vector_scores = channel_results.get("vector", (np.zeros(0, np.int64), np.zeros(0, np.float32)))
-    return Candidates(items, i2i, channel, np.concatenate(rank_parts)[first], counts,
+    counts = dict(zip(CHANNELS, np.bincount(code, minlength=len(CHANNELS)).tolist(), strict=True))
+    vector_items, vector_scores = channel_results.get("vector", empty)
+    return Candidates(items, i2i, _CHANNEL_NAMES[code], rank, counts,
                       lookup_scores(np.asarray(vector_items, np.int64), np.asarray(vector_scores), items))  # fmt: skip
 
 

@@ -20,10 +20,34 @@ from data_exchange_center.paths import ArtifactPaths
 Ranked = tuple[np.ndarray, np.ndarray]  # (items int64, scores float32), best first
 
 
+DENSE_ID_LIMIT = 1 << 21  # ids below this are counted in a dense table (at most 2 MiB of flags per call)
+
+
+def dense_ids(*arrays: np.ndarray) -> int | None:
+    """One past the largest id when every id in ``arrays`` is in ``[0, DENSE_ID_LIMIT)`` (a dense table of
+    that size is cheaper than sorting), else None."""
+    present = [a for a in arrays if len(a)]
+    if not present:
+        return 1
+    low = min(int(a.min()) for a in present)
+    high = max(int(a.max()) for a in present)
+    return high + 1 if low >= 0 and high < DENSE_ID_LIMIT else None
+
+
+def not_in(items: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """(len(items),) bool: the items that are not in ``exclude`` (``~np.isin``, a flag table for small ids)."""
+    size = dense_ids(items, exclude)
+    if size is None:
+        return ~np.isin(items, exclude)
+    flags = np.zeros(size, dtype=bool)
+    flags[exclude] = True
+    return ~flags[items]
+
+
 def top_k(items: np.ndarray, scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> Ranked:
     """The ``k`` best (item, score) pairs by score (ties by item id), leaving out ``exclude``."""
     if exclude is not None and len(exclude):
-        keep = ~np.isin(items, exclude)
+        keep = not_in(items, exclude)
         items, scores = items[keep], scores[keep]
     if k <= 0 or len(items) == 0:
         return items[:0], scores[:0]
@@ -106,8 +130,9 @@ class ItemIndex:
         pos = np.searchsorted(self.item_ids, items)
         pos = np.minimum(pos, len(self.item_ids) - 1)
         known = self.item_ids[pos] == items
-        nbr = np.where(known[:, None], self.neighbor_items[pos], -1)
-        weights = np.where(known[:, None], self.neighbor_weights[pos], 0.0).astype(np.float32)
+        nbr, weights = self.neighbor_items[pos], self.neighbor_weights[pos]  # copies (fancy indexing)
+        nbr[~known] = -1
+        weights[~known] = 0.0
         return nbr, weights
 
 

@@ -11,7 +11,7 @@ import pytest
 from data_exchange_center import chain
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import write_json
-from data_exchange_center.item_index import ItemIndex, neighbor_matrix, top_k
+from data_exchange_center.item_index import DENSE_ID_LIMIT, ItemIndex, neighbor_matrix, not_in, top_k
 from data_exchange_center.topk_metrics import topk_metrics
 
 pytestmark = pytest.mark.unit
@@ -31,6 +31,24 @@ def test_i2i_scores_equal_brute_force() -> None:
                 expected[int(neighbors[t, j])] = expected.get(int(neighbors[t, j]), 0.0) + weights[t, j] * triggers[t]
     assert items.tolist() == sorted(expected)
     np.testing.assert_allclose(scores, [expected[i] for i in items.tolist()], rtol=1e-5)
+
+
+@pytest.mark.parametrize("offset", [0, DENSE_ID_LIMIT])  # ids counted in a flag table, and ids sorted
+def test_i2i_scores_and_exclusion_are_the_same_for_small_and_large_ids(offset: int) -> None:
+    rng = np.random.default_rng(1)
+    neighbors = rng.integers(0, 400, size=(50, 40))
+    neighbors[rng.random(neighbors.shape) < 0.1] = -1
+    weights = rng.random((50, 40)).astype(np.float32)
+    triggers = rng.random(50).astype(np.float32)
+    small_items, small_scores = chain.i2i_scores(neighbors, weights, triggers)
+    shifted = np.where(neighbors >= 0, neighbors + offset, -1)
+    items, scores = chain.i2i_scores(shifted, weights, triggers)
+    assert (items - offset).tolist() == small_items.tolist()
+    assert scores.tolist() == small_scores.tolist()  # the same additions in the same order: bit-identical
+    exclude = items[::3]
+    kept = not_in(items, exclude)
+    assert kept.tolist() == (~np.isin(items, exclude)).tolist()
+    assert not_in(items[:0], exclude).size == 0 and not_in(items, exclude[:0]).all()
 
 
 def test_top_k_excludes_and_breaks_ties_by_id() -> None:
