@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from scripts.native_servers import RedisServer, ServerError, TritonVenv, ensure_triton_venv
+from tests.pipeline_support import OFFLINE_STAGES, run_stages
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +20,15 @@ def redis_server() -> Iterator[RedisServer]:
     Tests that use this one should use their own key prefix (or ``flushdb`` first)."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline stages on a small synthetic dataset, run once for the session. Read-only: a module
+    that publishes or changes it takes its own ``tests.pipeline_support.copy_run``."""
+    data_dir = tmp_path_factory.mktemp("synthetic-run")
+    run_stages(OFFLINE_STAGES, data_dir)
+    return data_dir
 
 
 @pytest.fixture(scope="session")

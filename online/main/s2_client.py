@@ -41,6 +41,8 @@ from data_exchange_center.topk_metrics import topk_metrics
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 TOPK = 50
+RETRIES_503 = 3  # a 503 with Retry-After is sent again this many times
+MAX_RETRY_WAIT_S = 2.0
 TOLERANCE = 0.002
 METRICS = ("recall", "hit_rate", "ndcg")
 
@@ -63,9 +65,16 @@ class RecClient:
         return session
 
     def recommend(self, userid: int, size: int = TOPK, **options: Any) -> dict[str, Any]:
-        """``options``: ``explain=True``, ``fields=[...]`` (see the OpenAPI document)."""
-        reply = self._session().post(self.url, json={"userid": userid, "size": size, **options},
-                                     headers=self.headers, timeout=self.timeout_s)  # fmt: skip
+        """``options``: ``explain=True``, ``fields=[...]`` (see the OpenAPI document). A 503 with
+        ``Retry-After`` (not ready yet on this worker, or at capacity) is sent again after that wait, up to
+        ``RETRIES_503`` times."""
+        for attempt in range(RETRIES_503 + 1):
+            reply = self._session().post(self.url, json={"userid": userid, "size": size, **options},
+                                         headers=self.headers, timeout=self.timeout_s)  # fmt: skip
+            retry_after = reply.headers.get("Retry-After", "")
+            if reply.status_code != 503 or not retry_after.isdigit() or attempt == RETRIES_503:
+                break
+            time.sleep(min(float(retry_after), MAX_RETRY_WAIT_S))
         if reply.status_code != 200:
             raise RuntimeError(f"user {userid}: HTTP {reply.status_code}: {reply.text[:300]}")
         return reply.json()

@@ -13,47 +13,18 @@ import pytest
 
 from data_exchange_center import schema as S
 from data_exchange_center.paths import ArtifactPaths
+from tests.pipeline_support import OFFLINE_STAGES, REPO, run_stage, run_stages
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
-
-STAGES = [
-    (
-        "offline/preprocess/s0_fetch_data.py",
-        ["--dataset", "synthetic", "--n-users", "300", "--n-items", "200", "--n-ratings", "24000"],
-    ),
-    ("offline/preprocess/s1_data_split.py", []),
-    ("offline/preprocess/s2_term_trans.py", []),
-    ("offline/recall/s1_term_recall.py", []),
-    ("offline/recall/s2_vector_recall.py", ["--sample-budget", "60000", "--eval-every-samples", "20000"]),
-    ("offline/recall/s3_item_to_item.py", []),
-    ("offline/rank/s1_feature_engi.py", []),
-    ("offline/rank/s2_model_train.py", ["--epochs", "3"]),
-    ("offline/evaluate/s1_topk_report.py", []),
-]
-
-
-def run(script: str, args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / script), "--data-dir", str(data_dir), "--quiet", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
 
 
 @pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data_dir = tmp_path_factory.mktemp("pipeline")
-    for script, args in STAGES:
-        result = run(script, args, data_dir)
-        assert result.returncode == 0, f"{script} failed:\n{result.stderr[-3000:]}"
-    return data_dir
+def pipeline_dir(synthetic_run: Path) -> Path:
+    return synthetic_run  # read only here
 
 
 def test_every_stage_has_help() -> None:
-    for script, _ in STAGES:
+    for script, _ in OFFLINE_STAGES:
         result = subprocess.run(
             [sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, cwd=REPO
         )
@@ -76,7 +47,7 @@ def test_pipeline_writes_every_artifact_and_metric(pipeline_dir: Path) -> None:
     for name in ("popularity", "term", "vector", "i2i", "merged", "ranked"):
         assert 0.0 <= topk[name]["recall"] <= 1.0 and topk[name]["n_users"] > 0
     assert topk["ranked"]["recall"] > topk["popularity"]["recall"]  # personalization beats popularity
-    for stage, _ in STAGES:
+    for stage, _ in OFFLINE_STAGES:
         assert Path(stage).stem in metrics["timings_s"]
     samples = pd.read_parquet(paths.samples_path)
     assert len(pd.read_parquet(paths.pit_features_path)) == len(samples)
@@ -84,15 +55,14 @@ def test_pipeline_writes_every_artifact_and_metric(pipeline_dir: Path) -> None:
 
 
 def test_missing_input_gives_one_clear_line(tmp_path: Path) -> None:
-    result = run("offline/preprocess/s1_data_split.py", [], tmp_path)
+    result = run_stage("offline/preprocess/s1_data_split.py", tmp_path, check=False)
     assert result.returncode == 2
     assert "missing artifact" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_same_seed_same_metrics(pipeline_dir: Path, tmp_path: Path) -> None:
     first = json.loads((pipeline_dir / "reports" / "metrics.json").read_text())
-    for script, args in STAGES:
-        assert run(script, args, tmp_path).returncode == 0, script
+    run_stages(OFFLINE_STAGES, tmp_path)
     second = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     np.testing.assert_allclose(first["rank"]["test_auc"], second["rank"]["test_auc"], atol=1e-4)
     np.testing.assert_allclose(first["vector_recall"]["val_recall_at_50"], second["vector_recall"]["val_recall_at_50"],

@@ -19,37 +19,16 @@ from pathlib import Path
 import pytest
 
 from scripts.native_servers import free_port
+from tests.pipeline_support import EMBEDDED_PUBLISH, copy_run, run_stages
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
-STAGES = [
-    ("offline/preprocess/s0_fetch_data.py", ["--dataset", "synthetic", "--n-users", "300", "--n-items", "200",
-                                             "--n-ratings", "24000"]),
-    ("offline/preprocess/s1_data_split.py", []),
-    ("offline/preprocess/s2_term_trans.py", []),
-    ("offline/recall/s1_term_recall.py", []),
-    ("offline/recall/s2_vector_recall.py", ["--sample-budget", "60000", "--eval-every-samples", "20000"]),
-    ("offline/recall/s3_item_to_item.py", []),
-    ("offline/rank/s1_feature_engi.py", []),
-    ("offline/rank/s2_model_train.py", ["--epochs", "2"]),
-    ("offline/evaluate/s1_topk_report.py", []),  # selects the ranking policy that the item publish copies
-    ("offline_to_online/recall/s1_user_to_redis.py", ["--profile", "embedded"]),
-    ("offline_to_online/recall/s2_item_to_es.py", ["--profile", "embedded"]),
-    ("offline_to_online/rank/s1_feature_to_feast.py", ["--profile", "embedded"]),
-    ("offline_to_online/rank/s2_model_to_triton.py", ["--profile", "embedded"]),
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    missing = [script for script, _ in STAGES if not (REPO / script).exists()]
-    if missing:
-        pytest.fail(f"pipeline stage scripts are missing from the repository: {missing}", pytrace=False)
-    folder = tmp_path_factory.mktemp("pipeline")
-    for script, args in STAGES:
-        done = subprocess.run([sys.executable, str(REPO / script), "--data-dir", str(folder), "--quiet", *args],
-                              capture_output=True, text=True, cwd=REPO, timeout=900)  # fmt: skip
-        assert done.returncode == 0, f"{script} failed:\n{done.stderr[-3000:]}"
+def data_dir(synthetic_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = copy_run(synthetic_run, tmp_path_factory.mktemp("online") / "run")
+    run_stages(EMBEDDED_PUBLISH, folder)
     return folder
 
 

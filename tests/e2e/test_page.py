@@ -28,48 +28,28 @@ from data_exchange_center import online_layout as L
 from data_exchange_center.item_catalog import CATALOG_FILE
 from data_exchange_center.paths import ArtifactPaths
 from scripts.native_servers import free_port
+from tests.pipeline_support import EMBEDDED_PUBLISH, copy_run, run_stages
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000")
+CHROME_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+)  # fmt: skip
 XSS_TITLE = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
-PUBLISH_MARK = ("", [])  # the item data gets its markup title here, before it is published
-STAGES = [
-    ("offline/preprocess/s0_fetch_data.py", ["--dataset", "synthetic", "--n-users", "200", "--n-items", "150",
-                                             "--n-ratings", "12000"]),
-    ("offline/preprocess/s1_data_split.py", []),
-    ("offline/preprocess/s2_term_trans.py", []),
-    ("offline/recall/s1_term_recall.py", []),
-    ("offline/recall/s2_vector_recall.py", ["--sample-budget", "60000", "--eval-every-samples", "20000"]),
-    ("offline/recall/s3_item_to_item.py", []),
-    ("offline/rank/s1_feature_engi.py", []),
-    ("offline/rank/s2_model_train.py", ["--epochs", "1"]),
-    ("offline/evaluate/s1_topk_report.py", []),
-    PUBLISH_MARK,
-    ("offline_to_online/recall/s1_user_to_redis.py", ["--profile", "embedded"]),
-    ("offline_to_online/recall/s2_item_to_es.py", ["--profile", "embedded"]),
-    ("offline_to_online/rank/s1_feature_to_feast.py", ["--profile", "embedded"]),
-    ("offline_to_online/rank/s2_model_to_triton.py", ["--profile", "embedded"]),
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_dir(synthetic_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small pipeline run whose most popular item's published title is markup."""
-    folder = tmp_path_factory.mktemp("page-pipeline")
+    folder = copy_run(synthetic_run, tmp_path_factory.mktemp("page") / "run")
     paths = ArtifactPaths.from_env(folder)
-    for script, args in STAGES:
-        if (script, args) == PUBLISH_MARK:
-            most_popular = int(pd.read_parquet(paths.popularity_path).sort_values("score").iloc[-1]["itemid"])
-            items = pd.read_parquet(paths.items_path)
-            items.loc[items["itemid"] == most_popular, "title"] = XSS_TITLE + " (1999)"
-            items.to_parquet(paths.items_path, index=False)
-            continue
-        done = subprocess.run([sys.executable, str(REPO / script), "--data-dir", str(folder), "--quiet", *args],
-                              capture_output=True, text=True, cwd=REPO, timeout=900)  # fmt: skip
-        assert done.returncode == 0, f"{script} failed:\n{done.stderr[-3000:]}"
+    most_popular = int(pd.read_parquet(paths.popularity_path).sort_values("score").iloc[-1]["itemid"])
+    items = pd.read_parquet(paths.items_path)
+    items.loc[items["itemid"] == most_popular, "title"] = XSS_TITLE + " (1999)"
+    items.to_parquet(paths.items_path, index=False)  # item data, before it is published
+    run_stages(EMBEDDED_PUBLISH, folder)
     catalog = pd.read_parquet(L.current_version_dir(L.items_store_dir(paths)) / CATALOG_FILE)
     assert XSS_TITLE in catalog["title"].tolist()  # published as item data
     return folder

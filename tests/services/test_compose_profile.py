@@ -40,29 +40,16 @@ from data_exchange_center.settings import load_settings
 from online.backends.feast_http import FeastHttpFeatureStore
 from online.backends.feast_redis import FeastRedisFeatureStore
 from scripts.native_servers import FeastServer, RedisServer, TritonServer, free_port, tail
+from tests.pipeline_support import copy_run, run_stage
 
 pytestmark = pytest.mark.services
 REPO = Path(__file__).resolve().parents[2]
 REQUEST_TIMEOUT_MS = 200  # the default budget (Settings.request_timeout_ms)
 WORKERS = 2  # the gunicorn config's default
-OFFLINE = [
-    ("offline/preprocess/s0_fetch_data.py", ["--dataset", "synthetic", "--n-users", "300", "--n-items", "200",
-                                             "--n-ratings", "24000"]),
-    ("offline/preprocess/s1_data_split.py", []),
-    ("offline/preprocess/s2_term_trans.py", []),
-    ("offline/recall/s1_term_recall.py", []),
-    ("offline/recall/s2_vector_recall.py", ["--sample-budget", "60000", "--eval-every-samples", "20000"]),
-    ("offline/recall/s3_item_to_item.py", []),
-    ("offline/rank/s1_feature_engi.py", []),
-    ("offline/rank/s2_model_train.py", ["--epochs", "2"]),
-    ("offline/evaluate/s1_topk_report.py", []),
-]  # fmt: skip
 
 
 def run(script: str, data_dir: Path, *args: str) -> None:
-    done = subprocess.run([sys.executable, str(REPO / script), "--data-dir", str(data_dir), "--quiet", *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)  # fmt: skip
-    assert done.returncode == 0, f"{script} {args} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    run_stage(script, data_dir, *args)
 
 
 @dataclass
@@ -87,10 +74,8 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("pipeline")
-    for script, args in OFFLINE:
-        run(script, data_dir, *args)
+def stack(synthetic_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = copy_run(synthetic_run, tmp_path_factory.mktemp("compose") / "run")
     run("offline_to_online/recall/s2_item_to_es.py", data_dir, "--profile", "embedded")  # the in-process index
     with RedisServer() as redis_server:
         url = redis_server.url
