@@ -123,8 +123,8 @@ def i2i_scores(neighbor_items: np.ndarray, neighbor_weights: np.ndarray, trigger
     contrib = (neighbor_weights * triggers[:, None]).ravel()
     valid = flat >= 0
     flat, contrib = flat[valid], contrib[valid]
-    size = dense_ids(flat)
-    if size is None:  # large ids: sort them
+    size = dense_ids(flat, limit=max(1 << 16, 32 * len(flat)))  # float64 sums by id: a table of bounded size
+    if size is None:  # ids far larger than the number of entries: sort them
         items, inverse = np.unique(flat, return_inverse=True)
         return items, np.bincount(inverse, weights=contrib, minlength=len(items)).astype(np.float32)
     sums = np.bincount(flat, weights=contrib, minlength=size)  # by id: the same additions, in the same order

@@ -20,18 +20,18 @@ from data_exchange_center.paths import ArtifactPaths
 Ranked = tuple[np.ndarray, np.ndarray]  # (items int64, scores float32), best first
 
 
-DENSE_ID_LIMIT = 1 << 21  # ids below this are counted in a dense table (at most 2 MiB of flags per call)
+DENSE_ID_LIMIT = 1 << 21  # ids below this are looked up in a flag table (at most 2 MiB per call)
 
 
-def dense_ids(*arrays: np.ndarray) -> int | None:
-    """One past the largest id when every id in ``arrays`` is in ``[0, DENSE_ID_LIMIT)`` (a dense table of
-    that size is cheaper than sorting), else None."""
+def dense_ids(*arrays: np.ndarray, limit: int = DENSE_ID_LIMIT) -> int | None:
+    """One past the largest id when every id in ``arrays`` is in ``[0, limit)`` (a dense table of that
+    size is cheaper than sorting), else None."""
     present = [a for a in arrays if len(a)]
     if not present:
         return 1
     low = min(int(a.min()) for a in present)
     high = max(int(a.max()) for a in present)
-    return high + 1 if low >= 0 and high < DENSE_ID_LIMIT else None
+    return high + 1 if low >= 0 and high < limit else None
 
 
 def not_in(items: np.ndarray, exclude: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ def test_i2i_scores_equal_brute_force() -> None:
     np.testing.assert_allclose(scores, [expected[i] for i in items.tolist()], rtol=1e-5)
 
 
-@pytest.mark.parametrize("offset", [0, DENSE_ID_LIMIT])  # ids counted in a flag table, and ids sorted
+@pytest.mark.parametrize("offset", [0, DENSE_ID_LIMIT])  # ids in dense tables, and ids sorted
 def test_i2i_scores_and_exclusion_are_the_same_for_small_and_large_ids(offset: int) -> None:
     rng = np.random.default_rng(1)
     neighbors = rng.integers(0, 400, size=(50, 40))
