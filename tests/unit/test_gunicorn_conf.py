@@ -1,0 +1,36 @@
+"""Threads per gunicorn worker: 2 when every role is in process, 4 when one waits on a server, else as set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+
+
+def threads_with(env: dict[str, str], tmp_path: Path) -> int:
+    """``threads`` of the config module, imported in a fresh process (it sets the metrics folder on import)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "GUNICORN_"))}
+    clean |= {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(REPO), **env}
+    done = subprocess.run([sys.executable, "-c", "import online.main.gunicorn_conf as c; print(c.threads)"],
+                          capture_output=True, text=True, cwd=REPO, env=clean, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip())
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, 2),  # embedded: every role in process
+        ({"RECSYS_PROFILE": "compose"}, 4),
+        ({"RECSYS_PROFILE": "embedded", "RECSYS_SCORER_BACKEND": "triton"}, 4),  # one role on a server
+        ({"RECSYS_PROFILE": "compose", "GUNICORN_THREADS": "8"}, 8),  # set explicitly
+    ],
+)
+def test_threads_follow_the_backends(env: dict[str, str], expected: int, tmp_path: Path) -> None:
+    assert threads_with(env, tmp_path) == expected
