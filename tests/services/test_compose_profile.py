@@ -241,6 +241,7 @@ SERVERS: dict[str, tuple[Callable[[Stack], Any], set[str]]] = {
 # 5 s after a hung Triton resumed, and a feast serve kill gave 1 non-2xx of 3,021. They always run and are reported
 # as XPASS when they hold and xfailed when they do not, never skipped.
 KNOWN_FAILURES = {
+    ("redis", "kill"): "an answer past the budget + 20 ms when Redis is killed (481 ms once, idle machine)",
     ("triton", "kill"): "an answer past the budget + 20 ms while Triton restarts",
     ("triton", "hang"): "the scorer stays degraded longer than 5 s after a hung Triton resumes",
     ("feast", "kill"): "one non-2xx answer while feast serve is killed",
