@@ -15,6 +15,9 @@ Embedded stores (the default profile serves from these folders under ``paths.onl
                                           popularity.parquet, item_neighbors.parquet), chain.json (the chain
                                           parameters selected offline), catalog.parquet (titles, years, genres:
                                           data_exchange_center.item_catalog) and manifest.json (sha256 and size of each)
+    online/items/<version>/user_tower.onnx  the vector model's user side (when the run trained one), paired with
+    online/items/<version>/user_tower.json  this version's item vectors: window, dim, and the Triton version of
+                                          ml_user_tower that holds the same file (the compose scorer asks for it)
 
 A version folder appears by one rename of a complete temporary folder, and CURRENT is switched after
 it, so a reader that follows CURRENT always finds a complete version. A version holds everything the
@@ -48,6 +51,8 @@ ITEM_VECTORS_FILE = "item_vectors.npz"
 POPULARITY_FILE = "popularity.parquet"
 ITEM_NEIGHBORS_FILE = "item_neighbors.parquet"
 CHAIN_FILE = "chain.json"  # max_triggers, like_weight, prior_weight: the chain parameters selected offline
+USER_TOWER_FILE = "user_tower.onnx"
+USER_TOWER_ARGS_FILE = "user_tower.json"  # window, dim (output width), triton_version
 
 # --- Feast -------------------------------------------------------------------------------------------
 FEAST_PROJECT = "recsys"
@@ -151,6 +156,35 @@ def verify_version_files(version_dir: Path) -> dict[str, object]:
 def read_chain_file(version_dir: Path) -> dict[str, int | float]:
     """The chain parameters of a published item version."""
     return check_chain_parameters(read_json(version_dir / CHAIN_FILE), version_dir / CHAIN_FILE)
+
+
+@dataclass(frozen=True)
+class UserTowerArgs:
+    """How an item version's user tower is called: ``window`` recent items in, ``dim`` floats out (the
+    item vectors' width); ``triton_version`` of ``ml_user_tower`` holds the same ONNX file (None: none)."""
+
+    window: int
+    dim: int
+    triton_version: int | None
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {"window": self.window, "dim": self.dim, "triton_version": self.triton_version}
+
+
+def read_user_tower_args(version_dir: Path) -> UserTowerArgs | None:
+    """The user tower of a published item version, or None when the version has none."""
+    path = version_dir / USER_TOWER_ARGS_FILE
+    if not path.exists():
+        return None
+    raw = read_json(path)
+    try:
+        version = raw.get("triton_version")
+        args = UserTowerArgs(int(raw["window"]), int(raw["dim"]), None if version is None else int(version))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: not a user tower description ({exc})") from None
+    if args.window < 1 or args.dim < 1 or not (version_dir / USER_TOWER_FILE).exists():
+        raise ArtifactError(f"{path}: window and dim must be positive and {USER_TOWER_FILE} present")
+    return args
 
 
 def read_current_version(store_dir: Path) -> str | None:

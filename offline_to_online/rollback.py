@@ -148,7 +148,7 @@ def es_pointer(api: Any, alias: str) -> Pointer:
 
 def triton_pointer(repository: Path) -> Pointer:
     """A Triton model repository: the version policy of ``config.pbtxt`` (pinned by a rollback)."""
-    from offline_to_online.rank.triton_repo import with_version_policy
+    from offline_to_online.triton_config import with_version_policy
 
     config = repository / "ml_rec" / L.MODEL_CONFIG_FILE
 

@@ -226,3 +226,79 @@ def write_reference_scores(
     write_parquet(
         pd.DataFrame({"row": np.arange(len(rows), dtype=np.int64), S.SCORE: scores}), paths.reference_scores_path
     )
+
+
+# --- the vector model's user side ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class TinyUserTower:
+    """``[sum_j E[items_j] * (1 + liked_j), 1]``: the user side of a next-item model, small enough to check."""
+
+    embeddings: np.ndarray  # (n_items + 1, dim - 1) float32, row 0 = padding
+    vocab_ids: np.ndarray  # (n_items,) the item vectors' ids
+    window: int
+
+    def vector(self, seen: np.ndarray, seen_labels: np.ndarray) -> np.ndarray:
+        """What the service must compute for a user with these seen items (time order)."""
+        from data_exchange_center.feature_spec import encode_recent_items
+
+        items, liked = encode_recent_items(seen, seen_labels, self.vocab_ids, self.window)
+        summed = (self.embeddings[items[0]].astype(np.float64) * (1.0 + liked[0])[:, None]).sum(axis=0)
+        return np.concatenate([summed, [1.0]]).astype(np.float32)
+
+
+def write_tiny_user_tower(paths: ArtifactPaths, window: int = 4, seed: int = 11) -> TinyUserTower:
+    """The user tower ONNX file, its ``model_args.json`` and PyTorch-style reference vectors (numpy) of
+    every user with seen items, where the vector stage writes them."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from data_exchange_center.artifacts import read_npz, read_parquet
+
+    vocab = read_npz(paths.item_vectors_path, (S.VECTOR_IDS, S.VECTORS))
+    vocab_ids, dim = vocab[S.VECTOR_IDS].astype(np.int64), int(vocab[S.VECTORS].shape[1])
+    embeddings = np.random.default_rng(seed).normal(size=(len(vocab_ids) + 1, dim - 1)).astype(np.float32)
+    embeddings[0] = 0.0
+    weights: dict[str, np.ndarray] = {
+        "E": embeddings,
+        "one": np.array(1.0, np.float32),
+        "zero": np.array(0.0, np.float32),
+        "axis1": np.array([1], np.int64),
+        "axis2": np.array([2], np.int64),
+    }
+    items_in, liked_in, out = sig.USER_TOWER_INPUT_ITEMS, sig.USER_TOWER_INPUT_LIKED, sig.USER_TOWER_OUTPUT
+    nodes = [
+        helper.make_node("Gather", ["E", items_in], ["rows"]),  # (batch, window, dim - 1)
+        helper.make_node("Add", [liked_in, "one"], ["weight"]),
+        helper.make_node("Unsqueeze", ["weight", "axis2"], ["weight3"]),
+        helper.make_node("Mul", ["rows", "weight3"], ["weighted"]),
+        helper.make_node("ReduceSum", ["weighted", "axis1"], ["summed"], keepdims=0),  # (batch, dim - 1)
+        helper.make_node("Mul", [liked_in, "zero"], ["zeros"]),
+        helper.make_node("ReduceSum", ["zeros", "axis1"], ["zero_col"], keepdims=1),  # (batch, 1)
+        helper.make_node("Add", ["zero_col", "one"], ["ones"]),
+        helper.make_node("Concat", ["summed", "ones"], [out], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_user_tower",
+        [
+            helper.make_tensor_value_info(items_in, TensorProto.INT64, ["batch", window]),
+            helper.make_tensor_value_info(liked_in, TensorProto.FLOAT, ["batch", window]),
+        ],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", dim])],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", sig.ONNX_OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    paths.vector_model_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(paths.user_tower_onnx_path))
+    write_json({"window": window, "dim": dim - 1}, paths.user_tower_args_path)
+    tower = TinyUserTower(embeddings, vocab_ids, window)
+    seen = read_parquet(paths.user_seen_path, (S.USER_ID, S.ITEMS, S.LABELS))
+    seen = seen[seen[S.ITEMS].map(len) > 0]
+    vectors = [
+        tower.vector(np.asarray(i), np.asarray(lab)) for i, lab in zip(seen[S.ITEMS], seen[S.LABELS], strict=True)
+    ]
+    write_parquet(pd.DataFrame({S.USER_ID: seen[S.USER_ID].to_numpy(np.int64), S.VECTORS: vectors}),
+                  paths.user_tower_reference_path)  # fmt: skip
+    return tower

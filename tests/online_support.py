@@ -10,6 +10,7 @@ chain steps and ONNX Runtime: what the offline evaluation does, and what the ser
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,15 @@ def publish_model(data_dir: Path) -> None:
     assert s2_model_to_triton.main(["--data-dir", str(data_dir), "--profile", "embedded", "--quiet"]) == 0
 
 
-def publish_tiny(data_dir: Path) -> TinyArtifacts:
+def publish_tiny(data_dir: Path, before_publish: Callable[[ArtifactPaths], object] | None = None) -> TinyArtifacts:
+    """Write the tiny artifacts (then ``before_publish(paths)``, to add or change some) and publish them."""
     from offline_to_online.rank import s1_feature_to_feast
     from offline_to_online.recall import s2_item_to_es
 
     tiny = write_tiny_artifacts(data_dir)
     write_chain_params(tiny.paths)
+    if before_publish is not None:
+        before_publish(tiny.paths)
     args = ["--data-dir", str(data_dir), "--profile", "embedded", "--quiet"]
     publish_users(data_dir)
     assert s2_item_to_es.main(args) == 0
@@ -86,13 +90,21 @@ def user_state(paths: ArtifactPaths, userid: int) -> chain.UserState:
     )
 
 
-def expected_list(paths: ArtifactPaths, userid: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The chain's ranked (items, scores) for a known user, from the artifacts and ONNX Runtime."""
+def expected_list(
+    paths: ArtifactPaths,
+    userid: int,
+    size: int,
+    state: chain.UserState | None = None,
+    policy: chain.RankingPolicy = POLICY,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chain's ranked (items, scores) for a user, from the artifacts and ONNX Runtime (``state``: the
+    user's recall state, by default the one in the artifacts; ``policy``: the published one)."""
     import onnxruntime as ort
 
     index = ItemIndex.load(paths)
     quotas = dict(QUOTAS, popularity=max(QUOTAS["popularity"], size))
-    results, i2i_all = chain.recall_channels(index, user_state(paths, userid), quotas, TRIGGERS)
+    state = state if state is not None else user_state(paths, userid)
+    results, i2i_all = chain.recall_channels(index, state, quotas, TRIGGERS)
     candidates = chain.merge_candidates(results, *i2i_all)
     spec = FeatureSpec.load(paths.feature_spec_path)
     users = pd.read_parquet(paths.user_features_path)
@@ -100,4 +112,4 @@ def expected_list(paths: ArtifactPaths, userid: int, size: int) -> tuple[np.ndar
     sparse, dense = combine_features(spec.encode_users(users[users[S.USER_ID] == userid]), spec.encode_items(items))
     session = ort.InferenceSession(str(paths.onnx_path), providers=["CPUExecutionProvider"])
     like = session.run(["score"], {"sparse_ids": sparse, "dense": dense})[0][:, 0]
-    return chain.rank_and_cut(candidates, chain.final_scores(candidates, like, POLICY), size)
+    return chain.rank_and_cut(candidates, chain.final_scores(candidates, like, policy), size)

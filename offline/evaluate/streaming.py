@@ -3,7 +3,8 @@
 For each selected user (``data_exchange_center.streaming.holdout_walks``) and each online rating in
 time order, the list is computed from the user's state (``static``: the published state; ``live``: the
 published state with the earlier online ratings applied as events by
-``data_exchange_center.events.apply_events``), with the chain steps the service runs
+``data_exchange_center.events.apply_events``, and the user vector computed again from the new recent
+items by the exported user tower, as the service does at request time), with the chain steps the service runs
 (``data_exchange_center.chain``) and the exported ONNX ranker on the serving user features. The
 figures are next-item HitRate/NDCG/MRR over the positive ratings, per experiment variant too
 (``data_exchange_center.experiments``): ``online/main/s2_client.py --replay --stream`` walks the
@@ -20,11 +21,12 @@ import numpy as np
 from tqdm import tqdm
 
 from data_exchange_center import chain
+from data_exchange_center import model_signature as sig
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import read_parquet
+from data_exchange_center.artifacts import read_json, read_npz, read_parquet
 from data_exchange_center.events import apply_events
 from data_exchange_center.experiments import Variant, assign_variant, parse_variants
-from data_exchange_center.feature_spec import FeatureSpec
+from data_exchange_center.feature_spec import FeatureSpec, encode_recent_items
 from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import Settings
@@ -67,6 +69,31 @@ def streaming_report(paths: ArtifactPaths, settings: Settings, every: int = 1, k
     return report
 
 
+@dataclass(frozen=True)
+class UserTowerRunner:
+    """The vector model's user side by ONNX Runtime on the exported file, with the serving encoding."""
+
+    session: Any
+    vocab_ids: np.ndarray
+    window: int
+
+    @classmethod
+    def load(cls, paths: ArtifactPaths) -> UserTowerRunner | None:
+        if not paths.user_tower_onnx_path.exists():
+            return None
+        vocab = read_npz(paths.item_vectors_path, (S.VECTOR_IDS,))[S.VECTOR_IDS].astype(np.int64)
+        window = int(read_json(paths.user_tower_args_path)["window"])
+        return cls(load_session(paths.user_tower_onnx_path, n_threads=1), vocab, window)  # as the service runs it
+
+    def with_vector(self, state: chain.UserState) -> chain.UserState:
+        if len(state.seen) == 0:
+            return state
+        items, liked = encode_recent_items(state.seen, state.seen_labels, self.vocab_ids, self.window)
+        feeds = {sig.USER_TOWER_INPUT_ITEMS: items, sig.USER_TOWER_INPUT_LIKED: liked}
+        vector = np.asarray(self.session.run([sig.USER_TOWER_OUTPUT], feeds)[0], np.float32).reshape(-1)
+        return dataclasses.replace(state, vector=vector)
+
+
 class _Walker:
     def __init__(self, paths: ArtifactPaths, quotas: dict[str, int], triggers: chain.TriggerPolicy, k: int) -> None:
         self.index, self.users = ItemIndex.load(paths), UserStates(paths)
@@ -76,6 +103,7 @@ class _Walker:
         self.user_features = read_parquet(paths.user_features_path, (S.USER_ID,))
         self.item_features = read_parquet(paths.item_features_path, (S.ITEM_ID,))
         self.session = load_session(paths.onnx_path)
+        self.tower = UserTowerRunner.load(paths)
 
     def walk(
         self, walks: list[UserWalk], live: bool, variants: list[Variant], policy: chain.RankingPolicy, salt: str
@@ -102,6 +130,7 @@ class _Walker:
         for step in walk.target_steps.tolist():
             if live and variant.live_events:
                 state = apply_events(base, walk.items[:step], walk.labels[:step])
+                state = self.tower.with_vector(state) if self.tower is not None else state
                 candidates = self._recall(state, triggers)
             else:  # the same list before every step
                 static_candidates = static_candidates or self._recall(base, triggers)

@@ -1,5 +1,10 @@
 """Offline == online: score real test rows with each serving backend and compare with PyTorch.
 
+The same for the vector model's user side: the users of ``recall/vector_model/reference_vectors.parquet``
+(PyTorch vectors written by the vector stage) are encoded from their seen items as the service encodes
+them, and run through the served item version's ``user_tower.onnx`` by ONNX Runtime, and through Triton's
+``ml_user_tower`` at the version the item version names.
+
 The reference is ``rank/model/reference_scores.parquet`` (``row`` int64: position in rank/test.parquet,
 ``score`` float32), written by the training stage with PyTorch. The rows are encoded with the feature
 spec exactly as the online side does (``encode_users`` + ``encode_items`` + ``combine_features``) and
@@ -18,8 +23,15 @@ import numpy as np
 
 from data_exchange_center import model_signature as sig
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import ArtifactError, read_parquet
-from data_exchange_center.feature_spec import FeatureSpec, combine_features
+from data_exchange_center.artifacts import ArtifactError, read_npz, read_parquet
+from data_exchange_center.feature_spec import FeatureSpec, combine_features, encode_recent_items
+from data_exchange_center.online_layout import (
+    ITEM_VECTORS_FILE,
+    USER_TOWER_FILE,
+    current_version_dir,
+    items_store_dir,
+    read_user_tower_args,
+)
 from data_exchange_center.paths import ArtifactPaths
 from offline_to_online.common import BackendUnavailable, PublishVerificationError, retry_startup
 
@@ -44,10 +56,11 @@ class BackendResult:
     n_rows: int
     max_abs_diff: float
     mean_abs_diff: float
+    tolerance: float = TOLERANCE
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= TOLERANCE
+        return self.max_abs_diff <= self.tolerance
 
 
 def load_check_rows(paths: ArtifactPaths, spec: FeatureSpec, n_rows: int = MIN_ROWS) -> CheckRows:
@@ -69,12 +82,13 @@ def load_check_rows(paths: ArtifactPaths, spec: FeatureSpec, n_rows: int = MIN_R
     return CheckRows(sparse, dense, reference[S.SCORE].to_numpy(np.float32))
 
 
-def compare(backend: str, scores: np.ndarray, reference: np.ndarray) -> BackendResult:
-    diff = np.abs(scores.astype(np.float64).reshape(-1) - reference.astype(np.float64))
+def compare(backend: str, scores: np.ndarray, reference: np.ndarray, tolerance: float = TOLERANCE) -> BackendResult:
+    """Largest and mean absolute difference over every value (scores (n,) or (n, 1); vectors (n, dim))."""
+    diff = np.abs(scores.astype(np.float64).reshape(-1) - reference.astype(np.float64).reshape(-1))
     if not np.isfinite(diff).all():
-        return BackendResult(backend, len(reference), math.inf, math.inf)
+        return BackendResult(backend, len(reference), math.inf, math.inf, tolerance)
     return BackendResult(
-        backend, len(reference), float(diff.max(initial=0.0)), float(diff.mean()) if len(diff) else 0.0
+        backend, len(reference), float(diff.max(initial=0.0)), float(diff.mean()) if len(diff) else 0.0, tolerance
     )
 
 
@@ -135,10 +149,86 @@ def triton_scorer(url: str, protocol: str = "grpc", attempts: int = 5) -> Scorer
     return score
 
 
-def format_table(reference_rows: int, results: list[BackendResult]) -> str:
+TOWER_TOLERANCE = 1e-4  # user vectors have dim + 1 entries of a few units; PyTorch vs ONNX Runtime ~2e-6
+
+
+@dataclass(frozen=True)
+class TowerRows:
+    items: np.ndarray  # (n, window) int64
+    liked: np.ndarray  # (n, window) float32
+    reference: np.ndarray  # (n, dim) float32 PyTorch vectors
+    onnx_path: Path  # the served item version's copy
+    triton_version: int | None
+
+
+def load_tower_rows(paths: ArtifactPaths) -> TowerRows | None:
+    """The reference users encoded for the served item version's tower; None when there is no tower."""
+    version_dir = current_version_dir(items_store_dir(paths))
+    args = read_user_tower_args(version_dir) if version_dir is not None else None
+    if version_dir is None or args is None or not paths.user_tower_reference_path.exists():
+        return None
+    reference = read_parquet(paths.user_tower_reference_path, (S.USER_ID, S.VECTORS))
+    seen = read_parquet(paths.user_seen_path, (S.USER_ID, S.ITEMS, S.LABELS)).set_index(S.USER_ID)
+    missing = np.setdiff1d(reference[S.USER_ID].to_numpy(), seen.index.to_numpy())
+    if len(missing):
+        raise ArtifactError(f"{paths.user_tower_reference_path} names users without seen items: {missing[:5].tolist()}")
+    vocab = read_npz(version_dir / ITEM_VECTORS_FILE, (S.VECTOR_IDS,))[S.VECTOR_IDS].astype(np.int64)
+    rows = seen.loc[reference[S.USER_ID].to_numpy()]
+    encoded = [encode_recent_items(np.asarray(i), np.asarray(lab), vocab, args.window)
+               for i, lab in zip(rows[S.ITEMS], rows[S.LABELS], strict=True)]  # fmt: skip
+    return TowerRows(
+        np.concatenate([e[0] for e in encoded]),
+        np.concatenate([e[1] for e in encoded]),
+        np.stack(reference[S.VECTORS].to_numpy()).astype(np.float32),
+        version_dir / USER_TOWER_FILE,
+        args.triton_version,
+    )
+
+
+def onnxruntime_tower(onnx_path: Path) -> Scorer:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+    def run(items: np.ndarray, liked: np.ndarray) -> np.ndarray:
+        feeds = {sig.USER_TOWER_INPUT_ITEMS: items, sig.USER_TOWER_INPUT_LIKED: liked}
+        return np.asarray(session.run([sig.USER_TOWER_OUTPUT], feeds)[0])
+
+    return run
+
+
+def triton_tower(url: str, version: int, attempts: int = 5) -> Scorer:
+    """``ml_user_tower`` at ``version`` over Triton's gRPC API, once it is ready."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(url=url)
+
+    def ready() -> None:
+        if not client.is_model_ready(sig.USER_TOWER_NAME, str(version)):
+            raise InferenceServerException(f"model {sig.USER_TOWER_NAME} version {version} is not ready")
+
+    errors = (InferenceServerException, ConnectionError, OSError)
+    retry_startup(ready, backend="Triton (grpc)", address=url, hint=TRITON_HINT, errors=errors, attempts=attempts)
+
+    def run(items: np.ndarray, liked: np.ndarray) -> np.ndarray:
+        inputs = [
+            grpcclient.InferInput(sig.USER_TOWER_INPUT_ITEMS, list(items.shape), "INT64"),
+            grpcclient.InferInput(sig.USER_TOWER_INPUT_LIKED, list(liked.shape), "FP32"),
+        ]
+        inputs[0].set_data_from_numpy(np.ascontiguousarray(items, dtype=np.int64))
+        inputs[1].set_data_from_numpy(np.ascontiguousarray(liked, dtype=np.float32))
+        outputs = [grpcclient.InferRequestedOutput(sig.USER_TOWER_OUTPUT)]
+        result = client.infer(sig.USER_TOWER_NAME, inputs, model_version=str(version), outputs=outputs)
+        return np.asarray(result.as_numpy(sig.USER_TOWER_OUTPUT))
+
+    return run
+
+
+def format_table(reference_rows: int, results: list[BackendResult], reference: str = "reference_scores") -> str:
     lines = [
         f"{'backend':<34} {'rows':>6} {'max abs diff':>13} {'mean abs diff':>14}  ok",
-        f"{'pytorch (reference_scores)':<34} {reference_rows:>6} {'-':>13} {'-':>14}  -",
+        f"{f'pytorch ({reference})':<34} {reference_rows:>6} {'-':>13} {'-':>14}  -",
     ]
     for r in results:
         lines.append(

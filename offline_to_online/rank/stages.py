@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import redis
 
 from data_exchange_center import model_signature as sig
@@ -18,19 +21,23 @@ from offline_to_online.common import (
 from offline_to_online.rank.feast_publish import FeastPublishReport, prepare_sources, publish_features
 from offline_to_online.rank.score_check import (
     MIN_ROWS,
-    TOLERANCE,
+    TOWER_TOLERANCE,
     BackendResult,
     compare,
     format_table,
     load_check_rows,
+    load_tower_rows,
     onnxruntime_scorer,
+    onnxruntime_tower,
     score_in_batches,
     triton_scorer,
+    triton_tower,
 )
-from offline_to_online.rank.triton_publish import TritonPublishReport, publish_model
 from offline_to_online.rank.triton_repo import check_onnx_model
 from offline_to_online.recall.redis_users import REDIS_HINT, connect_redis
+from offline_to_online.triton_publish import TritonPublishReport, publish_model
 
+log = logging.getLogger(__name__)
 FEATURE_SERVER_REDIS_URL = "redis://redis:6379/0"  # the compose service name, as the feast container sees it
 
 
@@ -69,8 +76,6 @@ def model_to_triton(settings: Settings) -> TritonPublishReport:
     return publish_model(paths.onnx_path, n_sparse, n_dense, repositories)  # type: ignore[arg-type]
 
 
-
-
 def check_offline_and_online(
     settings: Settings,
     triton_url: str | None = None,
@@ -99,7 +104,29 @@ def check_offline_and_online(
         for name, scorer in scorers.items()
     ]
     print(format_table(len(rows.reference), results))
-    failed = [r.backend for r in results if not r.ok]
+    tower_results = check_user_tower(settings, grpc_url, connect_attempts)
+    failed = [f"{r.backend} differs from PyTorch's by more than {r.tolerance:g}" for r in results + tower_results
+              if not r.ok]  # fmt: skip
     if failed:
-        raise PublishVerificationError(f"scores of {failed} differ from PyTorch's by more than {TOLERANCE:g}")
+        raise PublishVerificationError("; ".join(failed))
+    return results + tower_results
+
+
+def check_user_tower(settings: Settings, grpc_url: str | None, connect_attempts: int) -> list[BackendResult]:
+    """The served item version's user tower (ONNX Runtime, and Triton at ``grpc_url``) against PyTorch."""
+    rows = load_tower_rows(settings.paths)
+    if rows is None:
+        log.info("no user tower in the served item version (or no reference vectors): nothing to check")
+        return []
+    towers = {f"onnxruntime (items {rows.onnx_path.parent.name[-4:]})": onnxruntime_tower(rows.onnx_path)}
+    if grpc_url and rows.triton_version is not None:
+        towers[f"triton grpc {sig.USER_TOWER_NAME}/{rows.triton_version}"] = triton_tower(
+            grpc_url, rows.triton_version, connect_attempts
+        )
+    results = [
+        compare(name, np.concatenate([run(rows.items[i : i + 512], rows.liked[i : i + 512])
+                                      for i in range(0, len(rows.items), 512)]), rows.reference, TOWER_TOLERANCE)
+        for name, run in towers.items()
+    ]  # fmt: skip
+    print(format_table(len(rows.reference), results, "reference_vectors"))
     return results

@@ -2,10 +2,12 @@
 
 A version folder ``online/items/<version>/`` holds copies of the four item artifacts
 (``item_terms.parquet``, ``item_vectors.npz``, ``popularity.parquet``, ``item_neighbors.parquet``),
-``chain.json`` (the chain parameters selected offline) and ``manifest.json`` (size and sha256 of each
-file). The in-process index of the embedded profile, and the compose profile's fallback, load only
-from there, so rerunning or deleting the offline artifacts changes nothing that is served until the
-next publish.
+``chain.json`` (the chain parameters selected offline), the vector model's user side when the run has
+one (``user_tower.onnx`` and ``user_tower.json``: computed at request time and paired with this
+version's item vectors; the same file goes to Triton as a new version of ``ml_user_tower``, whose number
+the JSON records) and ``manifest.json`` (size and sha256 of each file). The in-process index of the
+embedded profile, and the compose profile's fallback, load only from there, so rerunning or deleting the
+offline artifacts changes nothing that is served until the next publish.
 
 Steps: copy into ``online/items/.tmp-<version>/``; check the copies (``read_item_files``: what is
 checked is what is served); write the manifest and read it back against the files; rename the folder
@@ -24,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from data_exchange_center import online_layout as L
-from data_exchange_center.artifacts import ArtifactError, sha256_of, write_json
+from data_exchange_center.artifacts import ArtifactError, read_json, sha256_of, write_json
 from data_exchange_center.item_catalog import CATALOG_FILE, catalog_from_artifacts, write_catalog
 from data_exchange_center.paths import ArtifactPaths
 from offline_to_online.common import PublishVerificationError, make_readable
 from offline_to_online.recall.embedded_users import TMP_PREFIX, prune_versions, remove_temporary_folders
 from offline_to_online.recall.item_source import ItemSource, read_item_files
+from offline_to_online.triton_publish import publish_user_tower
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,12 @@ class EmbeddedItemsReport:
 
 def items_manifest(folder: Path, source: ItemSource, version: str, copied_from: dict[str, str]) -> dict[str, Any]:
     """What the version holds: counts, and size + sha256 of every file in ``folder``."""
-    names = [*copied_from, L.CHAIN_FILE, CATALOG_FILE]
+    names = [
+        *copied_from,
+        L.CHAIN_FILE,
+        CATALOG_FILE,
+        *([L.USER_TOWER_ARGS_FILE] if L.USER_TOWER_FILE in copied_from else []),
+    ]
     files = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)} for name in names}
     for name, origin in copied_from.items():
         files[name]["copied_from"] = origin
@@ -75,9 +83,27 @@ def copy_artifacts(paths: ArtifactPaths, folder: Path) -> dict[str, str]:
     return copied
 
 
-def stage_item_version(
-    paths: ArtifactPaths, chain: dict[str, int | float], version: str
-) -> tuple[Path, ItemSource]:
+def publish_user_tower_model(paths: ArtifactPaths) -> L.UserTowerArgs | None:
+    """The run's user tower (None when the vector stage exported none), written to both Triton repositories
+    as a new version of ``ml_user_tower``; returns how the item version calls it."""
+    if not paths.user_tower_onnx_path.exists():
+        return None
+    args = read_json(paths.user_tower_args_path)
+    window, dim = int(args["window"]), int(args["dim"]) + 1  # [u, 1]
+    repositories = {"onnxruntime": paths.model_repository_dir, "python": L.python_model_repository_dir(paths)}
+    version = publish_user_tower(paths.user_tower_onnx_path, window, dim, repositories)  # type: ignore[arg-type]
+    return L.UserTowerArgs(window, dim, version)
+
+
+def copy_user_tower(paths: ArtifactPaths, folder: Path, tower: L.UserTowerArgs) -> dict[str, str]:
+    target = folder / L.USER_TOWER_FILE
+    shutil.copyfile(paths.user_tower_onnx_path, target)
+    make_readable(target)
+    make_readable(write_json(tower.to_dict(), folder / L.USER_TOWER_ARGS_FILE))
+    return {target.name: str(paths.user_tower_onnx_path.relative_to(paths.data_dir))}
+
+
+def stage_item_version(paths: ArtifactPaths, chain: dict[str, int | float], version: str) -> tuple[Path, ItemSource]:
     """Write ``online/items/<version>/`` complete and verified (``CURRENT`` unchanged); returns it and the
     item source read from its copies (what the version serves)."""
     store_dir = L.items_store_dir(paths)
@@ -86,11 +112,19 @@ def stage_item_version(
     tmp_dir.mkdir(parents=True)
     try:
         copied = copy_artifacts(paths, tmp_dir)
+        tower = publish_user_tower_model(paths)
+        if tower is not None:
+            copied |= copy_user_tower(paths, tmp_dir, tower)
         make_readable(write_json(chain, tmp_dir / L.CHAIN_FILE))
         make_readable(write_catalog(catalog_from_artifacts(paths), tmp_dir))  # titles, years, genres for responses
         source = read_item_files(L.ItemFiles.in_version(tmp_dir))
         make_readable(write_json(items_manifest(tmp_dir, source, version, copied), tmp_dir / L.MANIFEST_FILE))
         verify_item_version(tmp_dir, source, chain)
+        if tower is not None and tower.dim != source.vector_dim:
+            raise PublishVerificationError(
+                f"the user tower gives {tower.dim} floats, the item vectors have {source.vector_dim}: "
+                "both must come from one vector-recall run"
+            )
         tmp_dir.rename(store_dir / version)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -8,18 +8,22 @@ never changes data under a running request.
 - ``ItemIndexProvider``: the item index (``data_exchange_center.chain.ItemIndexLike``) and chain
   parameters of the live item version.
 - ``FeatureStore``: encoded ranking features: one user row per request, item rows from a per-version cache.
-- ``Scorer``: the ranker's like probability of encoded rows.
+- ``Scorer``: the ranker's like probability of encoded rows, and the vector model's user side
+  (``online.backends.user_tower``) at request time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from data_exchange_center.chain import ItemIndexLike, RankingPolicy, TriggerPolicy, UserState
 from online.backends.versions import NotLoaded, Refreshing
+
+if TYPE_CHECKING:
+    from online.backends.user_tower import UserTower
 
 __all__ = ["NotLoaded", "Refreshing"]  # with the interfaces below
 
@@ -128,4 +132,10 @@ class FeatureStore(Lifecycle, Protocol):
 class Scorer(Lifecycle, Protocol):
     def score(self, sparse: np.ndarray, dense: np.ndarray, timeout_s: float) -> tuple[np.ndarray, str]:
         """Like probabilities (n,) float32 of encoded rows, and the model version that produced them."""
+        ...
+
+    def user_vector(
+        self, tower: UserTower, items: np.ndarray, liked: np.ndarray, timeout_s: float
+    ) -> tuple[np.ndarray, str]:
+        """``[u, 1]`` (batch, dim) float32 of encoded recent items by ``tower``, and what computed it."""
         ...

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from data_exchange_center.online_layout import latest_model_path, served_model_v
 from data_exchange_center.settings import Settings
 from online.backends.base import ReadyStatus
 from online.backends.versions import Refreshing
+
+if TYPE_CHECKING:
+    from online.backends.user_tower import UserTower
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ class OnnxScorer:
     def score(self, sparse: np.ndarray, dense: np.ndarray, timeout_s: float) -> tuple[np.ndarray, str]:
         model = self.model.get()
         return model.score(sparse, dense), model.version
+
+    def user_vector(
+        self, tower: UserTower, items: np.ndarray, liked: np.ndarray, timeout_s: float
+    ) -> tuple[np.ndarray, str]:
+        return tower.run(items, liked), f"{sig.USER_TOWER_NAME}@{tower.item_version}"
 
     def maybe_refresh(self) -> None:
         self.model.maybe_refresh()

@@ -1,4 +1,4 @@
-"""The compose profile's scorer: Triton Inference Server over gRPC (model ``ml_rec``).
+"""The compose profile's scorer: Triton Inference Server over gRPC (models ``ml_rec`` and ``ml_user_tower``).
 
 Triton's Python client is not thread-safe, so each request thread gets its own client (a
 ``threading.local``), created once per thread and kept. Each call carries the request's time budget
@@ -10,7 +10,7 @@ Runtime in-process on the same model (``online.backends.onnx_scorer``).
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from data_exchange_center import model_signature as sig
 from data_exchange_center.settings import Settings
 from online.backends.base import ReadyStatus
 from online.backends.versions import Refreshing
+
+if TYPE_CHECKING:
+    from online.backends.user_tower import UserTower
 
 # gRPC waits up to 120 s (growing from 1 s) before it reconnects to a server that went away; a restarted
 # Triton is used again within a second instead. Every call has its own deadline (``client_timeout``).
@@ -68,6 +71,28 @@ class TritonScorer:
         result = self._client().infer(sig.MODEL_NAME, inputs, outputs=outputs, client_timeout=timeout_s)
         scores = np.asarray(result.as_numpy(sig.OUTPUT_SCORE), dtype=np.float32).reshape(-1)
         return scores, str(result.get_response().model_version)
+
+    def user_vector(
+        self, tower: UserTower, items: np.ndarray, liked: np.ndarray, timeout_s: float
+    ) -> tuple[np.ndarray, str]:
+        """``ml_user_tower`` at the version the item version names (Triton keeps the last few loaded)."""
+        import tritonclient.grpc as grpcclient
+
+        version = tower.args.triton_version
+        if version is None:
+            raise LookupError(f"item version {tower.item_version} names no Triton version of {sig.USER_TOWER_NAME}")
+        inputs = [
+            grpcclient.InferInput(sig.USER_TOWER_INPUT_ITEMS, list(items.shape), "INT64"),
+            grpcclient.InferInput(sig.USER_TOWER_INPUT_LIKED, list(liked.shape), "FP32"),
+        ]
+        inputs[0].set_data_from_numpy(np.ascontiguousarray(items, dtype=np.int64))
+        inputs[1].set_data_from_numpy(np.ascontiguousarray(liked, dtype=np.float32))
+        outputs = [grpcclient.InferRequestedOutput(sig.USER_TOWER_OUTPUT)]
+        result = self._client().infer(
+            sig.USER_TOWER_NAME, inputs, model_version=str(version), outputs=outputs, client_timeout=timeout_s
+        )
+        vectors = np.asarray(result.as_numpy(sig.USER_TOWER_OUTPUT), dtype=np.float32)
+        return vectors, f"{sig.USER_TOWER_NAME}/{version}"
 
     def maybe_refresh(self) -> None:
         pass  # Triton loads new versions itself; every reply names the version that answered

@@ -9,7 +9,9 @@ fails, the step uses its fallback and names the component in ``degraded``:
 - item_index (Elasticsearch down or never reached): the in-process index over the published items;
 - features (feature store down): the user's last fetched row, else the in-process fallback's row,
   else the defaults of an unknown user;
-- scorer (Triton down): ONNX Runtime in-process, else the recall order (``like`` = 1).
+- scorer (Triton down): ONNX Runtime in-process, else the recall order (``like`` = 1); the same for
+  the vector model's user side, computed at request time from the user's recent items (published
+  profile and live events) by the scorer role, else the user vector published with the profile.
 
 A primary backend that has loaded nothing yet (unreachable since start-up) counts as failed, so its
 fallback answers from the first request.
@@ -44,6 +46,7 @@ from online.backends.base import (
     ProfileStore,
     Scorer,
 )
+from online.backends.user_tower import UserTowers
 from online.service.live_events import Experiments, LiveState
 from online.service.metrics import Metrics
 from online.service.resilience import Deadline, Guard
@@ -62,10 +65,11 @@ class Backends:
     index_fallback: ItemIndexProvider | None = None
     features_fallback: FeatureStore | None = None
     scorer_fallback: Scorer | None = None
+    towers: UserTowers | None = None  # the vector model's user side of each item version (the scorer runs it)
 
     def all(self) -> list[Lifecycle]:
         roles = [self.profiles, self.index, self.features, self.scorer,
-                 self.index_fallback, self.features_fallback, self.scorer_fallback]  # fmt: skip
+                 self.index_fallback, self.features_fallback, self.scorer_fallback, self.towers]  # fmt: skip
         return [r for r in roles if r is not None]
 
     def fallbacks(self) -> dict[str, Lifecycle]:
@@ -111,6 +115,10 @@ class _Request:
     step_seconds: dict[str, float] = field(default_factory=dict)
     variant: Variant = field(default_factory=lambda: Variant(DEFAULT_VARIANT, 1.0))
     recall: dict[str, Any] = field(default_factory=dict)  # what ``explain`` re-reads: results, index
+
+    def mark_degraded(self, role: str) -> None:
+        if role not in self.degraded:
+            self.degraded.append(role)
 
     def timed(self, step: str, fn: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -189,10 +197,18 @@ class Recommender:
         self, req: _Request, user: chain.UserState | None
     ) -> tuple[chain.Candidates, chain.RankingPolicy]:
         """Every channel's candidates (seen items excluded), merged and de-duplicated."""
-        state = user if user is not None else chain.UserState.unknown()
+        unknown = user if user is not None else chain.UserState.unknown()
+        vectors: dict[str, chain.UserState] = {}  # the user with the vector of each item version used
+
+        def with_vector(item_version: str) -> chain.UserState:
+            if item_version not in vectors:
+                vectors[item_version] = req.timed("user_vector", lambda: self.user_vector(req, unknown, item_version))
+            return vectors[item_version]
+
         primary, fallback = self.backends.index, self.backends.index_fallback
         try:
             snapshot = primary.current()
+            state = with_vector(snapshot.version)
             results, i2i_all = self.guards["item_index"].call(
                 req.deadline, lambda t: self._recall(snapshot, primary.bind(snapshot, t), state, req)
             )
@@ -202,11 +218,33 @@ class Recommender:
                 raise
             req.degraded.append("item_index")
             snapshot = fallback.current()
+            state = with_vector(snapshot.version)
             results, i2i_all = self._recall(snapshot, snapshot.index, state, req)
             req.recall["provider"] = fallback
         req.versions["items"] = snapshot.version
         req.recall.update(results=results, snapshot=snapshot)
         return chain.merge_candidates(results, *i2i_all), snapshot.params.policy
+
+    def user_vector(self, req: _Request, user: chain.UserState, item_version: str) -> chain.UserState:
+        """``user`` with the vector model's user side of its recent items, computed now by the scorer role
+        with the tower of ``item_version``; unchanged (the published vector) when that version has no
+        tower or no scorer answers, and for a user without seen items."""
+        towers = self.backends.towers
+        tower = towers.tower_for(item_version) if towers is not None else None
+        if tower is None or len(user.seen) == 0:
+            return user
+        items, liked = tower.encode(user)
+        try:
+            vectors, _ = self.guards["scorer"].call(
+                req.deadline, lambda t: self.backends.scorer.user_vector(tower, items, liked, t)
+            )
+        except BackendError:
+            req.mark_degraded("scorer")
+            fallback = self.backends.scorer_fallback
+            if fallback is None:
+                return user
+            vectors, _ = fallback.user_vector(tower, items, liked, 0.0)
+        return dataclasses.replace(user, vector=np.asarray(vectors, np.float32).reshape(-1))
 
     @staticmethod
     def _recall(snapshot: IndexSnapshot, index: chain.ItemIndexLike, user: chain.UserState, req: _Request) -> Any:
@@ -257,7 +295,7 @@ class Recommender:
                 req.deadline, lambda t: self.backends.scorer.score(sparse, dense, t)
             )
         except BackendError:
-            req.degraded.append("scorer")
+            req.mark_degraded("scorer")
             like, version = self._fallback_score(sparse, dense)
         req.versions["model"] = version
         return like

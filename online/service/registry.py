@@ -15,6 +15,7 @@ import importlib
 from typing import Any
 
 from data_exchange_center.settings import ROLES, Settings
+from online.backends.user_tower import UserTowers
 from online.service.recommender import Backends
 
 ADAPTERS: dict[str, dict[str, str]] = {
@@ -76,4 +77,5 @@ def build_backends(settings: Settings, overrides: dict[str, Any] | None = None) 
         index_fallback=fallbacks.get("index"),
         features_fallback=fallbacks.get("features"),
         scorer_fallback=fallbacks.get("scorer"),
+        towers=overrides.get("towers") or UserTowers(settings),
     )

@@ -62,7 +62,7 @@ def test_a_model_that_differs_from_pytorch_fails_the_check(
     server = TritonServer(python_model_repository_dir(tiny.paths), venv=triton_venv.root)
     with server, caplog.at_level(logging.ERROR):
         assert s3_check_offline_and_online.main(["--data-dir", str(tmp_path), "--triton-url", server.grpc_url]) == 4
-    assert "differ from PyTorch's by more than 1e-05" in caplog.text
+    assert "differs from PyTorch's by more than 1e-05" in caplog.text
 
 
 def test_unreachable_triton_is_one_line_and_exit_3(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -14,8 +14,9 @@ from data_exchange_center.online_layout import latest_model_path, model_versions
 from data_exchange_center.settings import load_settings
 from offline_to_online.rank import s2_model_to_triton, s3_check_offline_and_online
 from offline_to_online.rank.stages import model_to_triton
-from offline_to_online.rank.triton_publish import PYTHON_MODEL_SOURCE
-from offline_to_online.rank.triton_repo import check_onnx_model, config_pbtxt
+from offline_to_online.rank.triton_repo import check_onnx_model
+from offline_to_online.triton_config import config_pbtxt
+from offline_to_online.triton_publish import PYTHON_MODEL_SOURCE
 from tests.fixtures_artifacts import write_tiny_artifacts
 
 pytestmark = pytest.mark.unit

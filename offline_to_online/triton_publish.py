@@ -1,8 +1,12 @@
-"""Write the checked ONNX ranker into the two Triton model repositories, one new version per publish.
+"""Write a checked ONNX model into the two Triton model repositories, one new version per publish.
 
-- ``model_repository/ml_rec/``: ``config.pbtxt`` (``onnxruntime_onnx``) and ``<N>/model.onnx``;
-- ``model_repository_python/ml_rec/``: ``config.pbtxt`` (``backend: "python"``) and
+- ``model_repository/<model>/``: ``config.pbtxt`` (``onnxruntime_onnx``) and ``<N>/model.onnx``;
+- ``model_repository_python/<model>/``: ``config.pbtxt`` (``backend: "python"``) and
   ``<N>/model.py`` + ``<N>/model.onnx``.
+
+Two models go there: the ranker ``ml_rec`` (``publish_model``) and the vector model's user side
+``ml_user_tower`` (``publish_user_tower``, at each item publish: its version number is recorded in the
+item version, which the service asks Triton for by number).
 
 A version folder is assembled in a staging folder beside the repository (outside it, so Triton never
 sees it as a model) and renamed into place; ``config.pbtxt`` is then replaced atomically (policy
@@ -23,7 +27,7 @@ from data_exchange_center import model_signature as sig
 from data_exchange_center.artifacts import atomic_path
 from data_exchange_center.online_layout import model_versions, served_model_version
 from offline_to_online.common import make_readable
-from offline_to_online.rank.triton_repo import Backend, config_pbtxt
+from offline_to_online.triton_config import TOWER_VERSIONS_LOADED, Backend, config_pbtxt, user_tower_config
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +41,15 @@ class TritonPublishReport:
     deleted: list[Path]
 
 
-def next_version(repositories: list[Path]) -> int:
-    return 1 + max((v for repo in repositories for v in model_versions(repo)), default=0)
+def next_version(repositories: list[Path], model: str = sig.MODEL_NAME) -> int:
+    return 1 + max((v for repo in repositories for v in model_versions(repo, model)), default=0)
 
 
-def write_version(repository: Path, version: int, onnx_path: Path, backend: Backend) -> Path:
-    """Assemble ``<repository>/ml_rec/<version>/`` in a staging folder and rename it into place."""
-    model_dir = repository / sig.MODEL_NAME
+def write_version(
+    repository: Path, version: int, onnx_path: Path, backend: Backend, model: str = sig.MODEL_NAME
+) -> Path:
+    """Assemble ``<repository>/<model>/<version>/`` in a staging folder and rename it into place."""
+    model_dir = repository / model
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = repository.parent / f".{repository.name}.staging-{version}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
@@ -60,17 +66,17 @@ def write_version(repository: Path, version: int, onnx_path: Path, backend: Back
     return target
 
 
-def write_config(repository: Path, n_sparse: int, n_dense: int, backend: Backend) -> Path:
-    path = repository / sig.MODEL_NAME / "config.pbtxt"
+def write_config(repository: Path, config_text: str, model: str = sig.MODEL_NAME) -> Path:
+    path = repository / model / "config.pbtxt"
     with atomic_path(path) as tmp:
-        tmp.write_text(config_pbtxt(n_sparse, n_dense, backend))
+        tmp.write_text(config_text)
         make_readable(tmp)
     return path
 
 
-def prune_versions(repository: Path, keep: set[int]) -> list[Path]:
-    """Delete every version folder not in ``keep`` (the new version and the one served before it)."""
-    doomed = [repository / sig.MODEL_NAME / str(v) for v in model_versions(repository) if v not in keep]
+def prune_versions(repository: Path, keep: set[int], model: str = sig.MODEL_NAME) -> list[Path]:
+    """Delete every version folder of ``model`` not in ``keep``."""
+    doomed = [repository / model / str(v) for v in model_versions(repository, model) if v not in keep]
     for folder in doomed:
         shutil.rmtree(folder, ignore_errors=True)
     return doomed
@@ -91,7 +97,23 @@ def publish_model(
         remove_staging_leftovers(repository)
         previous = served_model_version(repository)
         folder = write_version(repository, version, onnx_path, backend)
-        write_config(repository, n_sparse, n_dense, backend)
+        write_config(repository, config_pbtxt(n_sparse, n_dense, backend))
         deleted += prune_versions(repository, {version} | ({previous} if previous is not None else set()))
         log.info("Triton (%s backend): %s written", backend, folder)
     return TritonPublishReport(version, {b: r for b, r in repositories.items()}, deleted)
+
+
+def publish_user_tower(onnx_path: Path, window: int, out_dim: int, repositories: dict[Backend, Path]) -> int:
+    """Write the user side as a new version of ``ml_user_tower`` into each repository; returns its number.
+
+    The newest ``TOWER_VERSIONS_LOADED`` versions stay (and stay loaded): the served item version's, the
+    one before it (an item rollback) and one of an item publish that may not have gone live."""
+    model = sig.USER_TOWER_NAME
+    version = next_version(list(repositories.values()), model)
+    for backend, repository in repositories.items():
+        folder = write_version(repository, version, onnx_path, backend, model)
+        write_config(repository, user_tower_config(window, out_dim, backend), model)
+        keep = set(model_versions(repository, model)[-TOWER_VERSIONS_LOADED:])
+        prune_versions(repository, keep, model)
+        log.info("Triton (%s backend): %s written", backend, folder)
+    return version
