@@ -43,6 +43,7 @@ class UserState:
     vector: np.ndarray | None  # (dim,) float32
     seen: np.ndarray  # (n_seen,) int64 offline items, time order
     seen_labels: np.ndarray  # (n_seen,) int8
+    base_event_seq: int = 0  # the newest event-log rating in ``seen`` (the service applies later events)
 
     @classmethod
     def unknown(cls) -> UserState:

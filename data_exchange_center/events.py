@@ -17,6 +17,7 @@ streaming evaluation applies the same function, so served and evaluated lists ag
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -84,7 +85,7 @@ def apply_events(base: UserState, items: np.ndarray, labels: np.ndarray) -> User
     all_items = np.concatenate([base.seen, np.asarray(items, dtype=np.int64)])
     all_labels = np.concatenate([base.seen_labels, np.asarray(labels, dtype=np.int8)])
     keep = last_occurrences(all_items)
-    return UserState(base.terms, base.vector, all_items[keep], all_labels[keep])
+    return dataclasses.replace(base, seen=all_items[keep], seen_labels=all_labels[keep])
 
 
 def last_occurrences(items: np.ndarray) -> np.ndarray:

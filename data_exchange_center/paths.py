@@ -36,6 +36,12 @@ class ArtifactPaths:
         return self.dataset_dir / "ratings.parquet"
 
     @property
+    def event_seqs_path(self) -> Path:
+        """``userid``, ``itemid``, ``seq``: the ratings that came from the event log (``fetch --events``) with
+        their store sequence numbers (empty without events); the publish derives each user's base watermark."""
+        return self.dataset_dir / "event_seqs.parquet"
+
+    @property
     def items_path(self) -> Path:
         return self.dataset_dir / "items.parquet"
 

@@ -9,11 +9,13 @@ Keys (``ns`` = ``Settings.redis_namespace``, ``ver`` = a version id, see ``onlin
     {ns}:users:current                  string  the live version id (the pointer a reader follows)
     {ns}:users:versions                 set     every version a publisher started (for clean-up)
     {ns}:users:v:{ver}:meta             hash    format, n_users, vector_dim, state, created_at
-    {ns}:users:v:{ver}:u:{userid}       hash    terms, vector, seen, seen_labels (one user, one read)
+    {ns}:users:v:{ver}:u:{userid}       hash    terms, vector, seen, seen_labels, base_event_seq (one read)
 
 Values: ``terms`` is a compact UTF-8 JSON array of strings, ``vector`` little-endian float32 bytes,
 ``seen`` little-endian int64 bytes (the user's offline items in time order), ``seen_labels`` int8
-bytes aligned with ``seen``. A user without a vector has no ``vector`` field.
+bytes aligned with ``seen``, ``base_event_seq`` the ASCII decimal store sequence number of the newest
+event-log rating among ``seen`` (the service applies the user's events after it). A user without a
+vector has no ``vector`` field, one without events in the base no ``base_event_seq`` (0).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ FIELD_TERMS = b"terms"
 FIELD_VECTOR = b"vector"
 FIELD_SEEN = b"seen"
 FIELD_SEEN_LABELS = b"seen_labels"
+FIELD_BASE_EVENT_SEQ = b"base_event_seq"
 USER_FIELDS = (FIELD_TERMS, FIELD_VECTOR, FIELD_SEEN, FIELD_SEEN_LABELS)
 
 META_FORMAT = b"format_version"
@@ -167,6 +170,7 @@ class UserProfileRecord:
     vector: np.ndarray | None = None  # float32 (dim,)
     seen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # int64 (n_seen,)
     seen_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))  # int8 (n_seen,)
+    base_event_seq: int = 0  # the newest event-log rating in ``seen`` (0: none); later events apply online
 
 
 def encode_user(record: UserProfileRecord) -> dict[bytes, bytes]:
@@ -182,6 +186,8 @@ def encode_user(record: UserProfileRecord) -> dict[bytes, bytes]:
     }
     if record.vector is not None:
         fields[FIELD_VECTOR] = encode_vector(record.vector)
+    if record.base_event_seq:
+        fields[FIELD_BASE_EVENT_SEQ] = str(int(record.base_event_seq)).encode()
     return fields
 
 
@@ -199,6 +205,7 @@ def decode_user(userid: int, fields: Mapping[bytes, bytes]) -> UserProfileRecord
         vector=decode_vector(fields.get(FIELD_VECTOR)),
         seen=seen,
         seen_labels=labels,
+        base_event_seq=int(fields.get(FIELD_BASE_EVENT_SEQ) or 0),
     )
 
 

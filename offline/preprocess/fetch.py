@@ -99,16 +99,24 @@ def fetch_dataset(
             raw_dir = generate_synthetic(config, paths.data_dir / "raw" / SYNTHETIC)
             name, layout, source_note = SYNTHETIC, LAYOUT_DAT, f"fallback: generated {config}"
     dataset = read_dataset(raw_dir, layout)
+    event_seqs = empty_event_seqs()
     if events is not None:
-        dataset, taken = add_events(dataset, events)
-        source_note += f"; {taken} live events from the event log"
+        dataset, event_seqs = add_events(dataset, events)
+        source_note += f"; {len(event_seqs)} ratings from the event log"
     write_dataset(dataset, paths, name, source_note)
+    write_parquet(event_seqs, paths.event_seqs_path)  # always: a run without events leaves no stale table
     return dataset
 
 
-def add_events(dataset: RatingsDataset, events: pd.DataFrame) -> tuple[RatingsDataset, int]:
+def empty_event_seqs() -> pd.DataFrame:
+    return pd.DataFrame({S.USER_ID: np.zeros(0, np.int64), S.ITEM_ID: np.zeros(0, np.int64),
+                         EVENT_SEQ: np.zeros(0, np.int64)})  # fmt: skip
+
+
+def add_events(dataset: RatingsDataset, events: pd.DataFrame) -> tuple[RatingsDataset, pd.DataFrame]:
     """The dataset with the event log (``data_exchange_center.events.EVENT_COLUMNS``, store order) appended
-    as ratings after the dataset's own, so each event is its user's latest impression.
+    as ratings after the dataset's own, so each event is its user's latest impression; and the ratings
+    that came from events with their store sequence numbers (``userid``, ``itemid``, ``seq``).
 
     An event whose item is not in the catalogue is dropped (the service refuses those, so only an old log
     has them); when a user rated an item again, the latest rating stays. A new user gets a users row
@@ -118,7 +126,7 @@ def add_events(dataset: RatingsDataset, events: pd.DataFrame) -> tuple[RatingsDa
         log.warning("dropped %d events of items not in the catalogue", int((~known_item).sum()))
     taken = events[known_item].sort_values(EVENT_SEQ, kind="stable")
     if taken.empty:
-        return dataset, 0
+        return dataset, empty_event_seqs()
     new_ratings = pd.DataFrame(
         {
             S.USER_ID: taken[S.USER_ID].to_numpy(np.int64),
@@ -127,9 +135,14 @@ def add_events(dataset: RatingsDataset, events: pd.DataFrame) -> tuple[RatingsDa
             S.TIMESTAMP: taken[S.TIMESTAMP].to_numpy(np.int64),
         }
     )
+    from_log = np.r_[np.zeros(len(dataset.ratings), bool), np.ones(len(new_ratings), bool)]
+    seqs = np.r_[np.zeros(len(dataset.ratings), np.int64), taken[EVENT_SEQ].to_numpy(np.int64)]
     ratings = pd.concat([dataset.ratings, new_ratings], ignore_index=True)
-    ratings = ratings[~ratings.duplicated([S.USER_ID, S.ITEM_ID], keep="last")].reset_index(drop=True)
-    ratings = ratings.astype(dataset.ratings.dtypes.to_dict())
+    kept = ~ratings.duplicated([S.USER_ID, S.ITEM_ID], keep="last").to_numpy()
+    ratings = ratings[kept].reset_index(drop=True).astype(dataset.ratings.dtypes.to_dict())
+    event_seqs = pd.DataFrame({S.USER_ID: ratings[S.USER_ID].to_numpy(np.int64)[from_log[kept]],
+                               S.ITEM_ID: ratings[S.ITEM_ID].to_numpy(np.int64)[from_log[kept]],
+                               EVENT_SEQ: seqs[kept][from_log[kept]]})  # fmt: skip
     new_users = np.setdiff1d(new_ratings[S.USER_ID].unique(), dataset.users[S.USER_ID].to_numpy())
     users = dataset.users
     if len(new_users):
@@ -139,7 +152,7 @@ def add_events(dataset: RatingsDataset, events: pd.DataFrame) -> tuple[RatingsDa
             if column != S.USER_ID and pd.api.types.is_integer_dtype(dtype):
                 users[column] = users[column].astype("Int64")  # missing demographics of the new users
         log.info("%d new users from the event log (no demographics)", len(new_users))
-    return RatingsDataset(ratings, dataset.items, users), len(taken)
+    return RatingsDataset(ratings, dataset.items, users), event_seqs
 
 
 def write_dataset(dataset: RatingsDataset, paths: ArtifactPaths, name: str, source_note: str) -> None:

@@ -43,9 +43,7 @@ class EmbeddedPublishReport:
     deleted: list[str] = field(default_factory=list)
 
 
-def publish_users_embedded(
-    store_dir: Path, source: UserSource, *, version: str | None = None
-) -> EmbeddedPublishReport:
+def publish_users_embedded(store_dir: Path, source: UserSource, *, version: str | None = None) -> EmbeddedPublishReport:
     """Write ``source`` as a new version folder, verify it, switch CURRENT, prune old versions."""
     version = version or L.new_version()
     previous = L.read_current_version(store_dir)
@@ -71,13 +69,16 @@ def publish_users_embedded(
 
 
 def users_table(source: UserSource) -> pa.Table:
-    """userid int64, terms list<string>, seen list<int64>, seen_labels list<int8>, one row per user."""
+    """userid int64, terms list<string>, seen list<int64>, seen_labels list<int8>, base_event_seq int64,
+    one row per user."""
+    base = source.base_event_seqs if source.base_event_seqs is not None else np.zeros(source.n_users, np.int64)
     return pa.table(
         {
             S.USER_ID: pa.array(source.userids, pa.int64()),
             S.TERMS: pa.array(source.terms, pa.list_(pa.string())),
             L.SEEN: pa.array(source.seen, pa.list_(pa.int64())),
             L.SEEN_LABELS: pa.array(source.seen_labels, pa.list_(pa.int8())),
+            L.BASE_EVENT_SEQ: pa.array(base, pa.int64()),
         }
     )
 
@@ -106,8 +107,9 @@ def load_version(folder: Path) -> dict[int, UserProfileRecord]:
     arrays = read_npz(folder / L.USERS_VECTORS_FILE, (S.VECTOR_IDS, S.VECTORS))
     vectors = dict(zip(arrays[S.VECTOR_IDS].tolist(), arrays[S.VECTORS], strict=True))
     records = {}
-    for userid, terms, seen, labels in zip(
-        table[S.USER_ID].tolist(), table[S.TERMS], table[L.SEEN], table[L.SEEN_LABELS], strict=True
+    base = table[L.BASE_EVENT_SEQ] if L.BASE_EVENT_SEQ in table else pd.Series(0, index=table.index)
+    for userid, terms, seen, labels, base_seq in zip(
+        table[S.USER_ID].tolist(), table[S.TERMS], table[L.SEEN], table[L.SEEN_LABELS], base.tolist(), strict=True
     ):
         records[userid] = UserProfileRecord(
             userid=userid,
@@ -115,6 +117,7 @@ def load_version(folder: Path) -> dict[int, UserProfileRecord]:
             vector=vectors.get(userid),
             seen=np.asarray(seen, dtype=np.int64),
             seen_labels=np.asarray(labels, dtype=np.int8),
+            base_event_seq=int(base_seq),
         )
     return records
 

@@ -162,6 +162,8 @@ def compare_records(expected: R.UserProfileRecord, actual: R.UserProfileRecord |
         return "seen items differ"
     if not np.array_equal(actual.seen_labels, expected.seen_labels):
         return "seen labels differ"
+    if actual.base_event_seq != expected.base_event_seq:
+        return f"base_event_seq {actual.base_event_seq} != {expected.base_event_seq}"
     return None
 
 

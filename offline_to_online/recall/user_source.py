@@ -8,6 +8,7 @@ is published from artifacts that fail a check.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import ArtifactError, read_npz, read_parquet
+from data_exchange_center.events import EVENT_SEQ
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.redis_layout import UserProfileRecord
 
@@ -32,6 +34,7 @@ class UserSource:
     vectors: np.ndarray  # (n_vectors, dim) float32
     seen: list[np.ndarray]  # (n_users,) int64 item ids in time order
     seen_labels: list[np.ndarray]  # (n_users,) int8 labels aligned with ``seen``
+    base_event_seqs: np.ndarray | None = None  # (n_users,) int64: the newest event in the seen items, 0 = none
 
     @property
     def n_users(self) -> int:
@@ -49,6 +52,7 @@ class UserSource:
             vector=self.vectors[row] if row >= 0 else None,
             seen=self.seen[position],
             seen_labels=self.seen_labels[position],
+            base_event_seq=int(self.base_event_seqs[position]) if self.base_event_seqs is not None else 0,
         )
 
 
@@ -61,7 +65,30 @@ def load_user_source(paths: ArtifactPaths) -> UserSource:
     check_vector_dims(paths)
     require_unique(profiles[S.USER_ID], paths.user_profiles_path.name)
     require_unique(seen[S.USER_ID], paths.user_seen_path.name)
-    return align_users(profiles, seen, ids, matrix)
+    source = align_users(profiles, seen, ids, matrix)
+    if paths.event_seqs_path.exists():
+        event_seqs = read_parquet(paths.event_seqs_path, (S.USER_ID, S.ITEM_ID, EVENT_SEQ))
+        source = dataclasses.replace(source, base_event_seqs=base_event_seqs(source, event_seqs))
+    return source
+
+
+def base_event_seqs(source: UserSource, event_seqs: pd.DataFrame) -> np.ndarray:
+    """Per user, the store sequence number of the newest event-log rating among the seen items (0: none).
+
+    The published seen items are the user's ratings before the online holdout. ``fetch --events`` puts
+    the events after the dataset's ratings, so the events in the base are the user's oldest events and
+    the rest (in the holdout, or stored after the fetch) are newer: the service applies the events after
+    this watermark on top of the published profile, and none twice."""
+    out = np.zeros(source.n_users, dtype=np.int64)
+    if event_seqs.empty:
+        return out
+    lengths = np.fromiter((len(s) for s in source.seen), dtype=np.int64, count=source.n_users)
+    pairs = pd.DataFrame({S.USER_ID: np.repeat(source.userids, lengths),
+                          S.ITEM_ID: np.concatenate([*source.seen, _EMPTY_ITEMS])})  # fmt: skip
+    hits = pairs.merge(event_seqs, on=[S.USER_ID, S.ITEM_ID], how="inner")
+    newest = hits.groupby(S.USER_ID)[EVENT_SEQ].max()
+    out[np.searchsorted(source.userids, newest.index.to_numpy(np.int64))] = newest.to_numpy(np.int64)
+    return out
 
 
 def check_vectors(arrays: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,7 @@ class UserTable:
     seen_labels: np.ndarray  # (total_seen,) int8
     vector_rows: np.ndarray  # (n_users,) int64, -1 when the user has no vector
     vectors: np.ndarray  # (n_vectors, dim) float32
+    base_event_seqs: np.ndarray  # (n_users,) int64, 0 when no event-log rating is in the base
 
     def lookup(self, userid: int) -> UserState | None:
         pos = int(np.searchsorted(self.userids, userid))
@@ -47,6 +48,7 @@ class UserTable:
             vector=self.vectors[row] if row >= 0 else None,
             seen=self.seen_items[lo:hi],
             seen_labels=self.seen_labels[lo:hi],
+            base_event_seq=int(self.base_event_seqs[pos]),
         )
 
 
@@ -79,7 +81,10 @@ def load_user_table(version_dir: Path, version: str) -> UserTable:
     known = (pos < len(userids)) & (userids[np.minimum(pos, len(userids) - 1)] == vector_ids)
     vector_rows[pos[known]] = np.flatnonzero(known)
     vectors = np.ascontiguousarray(arrays[S.VECTORS], dtype=np.float32)
-    return UserTable(version, userids, terms, offsets, seen, labels, vector_rows, vectors)
+    names = table.column_names
+    base = (table.column(L.BASE_EVENT_SEQ).to_numpy().astype(np.int64) if L.BASE_EVENT_SEQ in names
+            else np.zeros(len(userids), np.int64))  # versions published before the watermark existed  # fmt: skip
+    return UserTable(version, userids, terms, offsets, seen, labels, vector_rows, vectors, base)
 
 
 class EmbeddedProfileStore:

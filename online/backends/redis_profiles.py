@@ -56,7 +56,8 @@ class RedisProfileStore:
         record = R.decode_user(userid, fields)
         if record is None:
             return None, version
-        return UserState(record.terms, record.vector, record.seen, record.seen_labels), version
+        state = UserState(record.terms, record.vector, record.seen, record.seen_labels, record.base_event_seq)
+        return state, version
 
     def _hgetall(self, version: str, userid: int, timeout_s: float) -> dict[bytes, bytes]:
         return hgetall(self.client, timeout_s, R.user_key(self.namespace, version, userid))

@@ -28,8 +28,6 @@ from online.backends.event_log import AppendResult, EventLog, build_event_log
 from online.service.errors import NotReady, ServiceError, Unavailable
 from online.service.resilience import Deadline, Guard
 
-BASE_SEQ = 0  # events after this store sequence apply on top of the published base (see the report)
-
 
 class UnknownItem(ServiceError):
     status, code = 422, "unknown_item"
@@ -80,11 +78,13 @@ class LiveState:
             raise Unavailable(f"the events were not stored (send them again): {exc}") from None
 
     def apply(self, userid: int, base: UserState | None, deadline: Deadline, enabled: bool = True) -> LiveResult:
-        """The user's state: ``base`` (None = unknown user) with the user's events since the base."""
+        """The user's state: ``base`` (None = unknown user) with the user's events since the base (those
+        stored after ``base.base_event_seq``: a closed-loop run has the older ones in the base already)."""
         if not enabled or self.read_limit == 0:
             return LiveResult(base, 0, False)
+        since = base.base_event_seq if base is not None else 0
         try:
-            stored = self.guard.call(deadline, lambda t: self.log.read_user(userid, BASE_SEQ, self.read_limit, t))
+            stored = self.guard.call(deadline, lambda t: self.log.read_user(userid, since, self.read_limit, t))
         except BackendError:
             return LiveResult(base, 0, True)
         if not stored:

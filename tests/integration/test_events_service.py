@@ -173,6 +173,28 @@ def test_the_next_list_reflects_the_events_as_the_offline_function_says(app: Fla
     assert items_of(after) != items_of(before)
 
 
+def test_events_already_in_the_published_base_are_not_applied_again(tiny: TinyArtifacts, tmp_path: Path) -> None:
+    """After a closed-loop run the base holds the user's older events (the fetch stage records their
+    store seqs); only the events stored after the newest of them apply on top."""
+    userid, other = int(tiny.userids[3]), int(tiny.userids[4])
+    base_item = int(user_state(tiny.paths, userid).seen[-1])
+
+    def closed_loop(paths: Any) -> None:  # as if `fetch --events` had taken events 1 and 2 of the log
+        pd.DataFrame({S.USER_ID: [userid], S.ITEM_ID: [base_item], "seq": [2]}).to_parquet(paths.event_seqs_path)
+
+    looped = publish_tiny(tmp_path / "looped", before_publish=closed_loop)
+    app = make_app(looped.paths.data_dir)
+    try:
+        unseen = [i for i in tiny.itemids.tolist() if i not in set(user_state(tiny.paths, userid).seen.tolist())]
+        sent = [event(userid, unseen[0], 1), event(userid, unseen[1], 2), event(userid, unseen[2], 3)]
+        assert post(app, sent).status_code == 202  # store seqs 1, 2, 3
+        assert items_of(rec(app, userid)) == expected_with_events(looped, userid, [unseen[2]], [1], 10)
+        assert post(app, [event(other, unseen[0], 4), event(other, unseen[1], 5)]).status_code == 202
+        assert items_of(rec(app, other)) == expected_with_events(looped, other, unseen[:2], [1, 1], 10)  # watermark 0
+    finally:
+        service_of(app).close()
+
+
 def test_a_new_user_with_events_gets_a_personal_list(app: Flask, tiny: TinyArtifacts) -> None:
     newcomer = 10**9 + 7
     cold = items_of(rec(app, newcomer))

@@ -33,8 +33,13 @@ from tests.fixtures_artifacts import TinyArtifacts
 from tests.online_support import expected_list, publish_tiny
 
 pytestmark = pytest.mark.integration
-RESILIENCE = {"breaker_failures": 2, "breaker_reset_s": 0.3, "backend_timeout_ms": 200, "log_level": "WARNING",
-              "event_store": "sqlite"}  # fmt: skip  (the event log has its own tests)
+RESILIENCE = {
+    "breaker_failures": 2,
+    "breaker_reset_s": 0.3,
+    "backend_timeout_ms": 200,
+    "log_level": "WARNING",
+    "event_store": "sqlite",
+}  # fmt: skip  (the event log has its own tests)
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,23 @@ def test_events_are_each_users_latest_ratings_and_new_users_join(tmp_path: Path)
     assert last[S.ITEM_ID] == rated and last[S.SPLIT] == S.SPLIT_ONLINE
     written = pd.read_parquet(paths.ratings_path)
     assert len(written) == len(merged.ratings)
+    seqs = pd.read_parquet(paths.event_seqs_path)  # the ratings that came from the log, with their seqs
+    assert seqs.to_dict("records") == [{S.USER_ID: user, S.ITEM_ID: rated, "seq": 1},
+                                       {S.USER_ID: new_user, S.ITEM_ID: item, "seq": 2}]  # fmt: skip
+    fetch_dataset("synthetic", paths, synthetic=CONFIG)  # a run without events leaves no stale table
+    assert pd.read_parquet(paths.event_seqs_path).empty
+
+
+def test_the_base_watermark_is_the_newest_event_in_the_published_seen_items() -> None:
+    from offline_to_online.recall.user_source import align_users, base_event_seqs
+
+    profiles = pd.DataFrame({S.USER_ID: [1, 2, 3], S.TERMS: [[], [], []]})
+    seen = pd.DataFrame({S.USER_ID: [1, 2, 3], S.ITEMS: [[10, 11, 12], [10], [13]], S.LABELS: [[1, 0, 1], [1], [0]]})
+    source = align_users(profiles, seen, np.zeros(0, np.int64), np.zeros((0, 2), np.float32))
+    # user 1: events 4 and 9 made it into the base, 15 (item 14) is in the holdout; user 2 none; user 3 one
+    events = pd.DataFrame({S.USER_ID: [1, 1, 1, 2, 3], S.ITEM_ID: [11, 12, 14, 99, 13], "seq": [4, 9, 15, 7, 2]})
+    assert base_event_seqs(source, events).tolist() == [9, 0, 2]
+    assert base_event_seqs(source, events.iloc[:0]).tolist() == [0, 0, 0]
 
 
 def test_read_event_log_from_sqlite_and_parquet(tmp_path: Path) -> None:

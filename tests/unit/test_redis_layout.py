@@ -124,6 +124,17 @@ def test_user_hash_is_golden_and_round_trips() -> None:
     assert decoded.vector is not None and decoded.vector.tolist() == [1.0, -2.0]
 
 
+def test_the_base_event_seq_is_a_decimal_field_absent_when_zero() -> None:
+    record = R.UserProfileRecord(userid=3, seen=np.array([7], np.int64), seen_labels=np.array([1], np.int8),
+                                 base_event_seq=12345)  # fmt: skip
+    fields = R.encode_user(record)
+    assert fields[b"base_event_seq"] == b"12345"
+    decoded = R.decode_user(3, fields)
+    assert decoded is not None and decoded.base_event_seq == 12345
+    plain = R.encode_user(R.UserProfileRecord(userid=3))
+    assert b"base_event_seq" not in plain and R.decode_user(3, plain).base_event_seq == 0  # type: ignore[union-attr]
+
+
 def test_user_without_vector_has_no_vector_field() -> None:
     fields = R.encode_user(R.UserProfileRecord(userid=1))
     assert fields == {b"terms": b"[]", b"seen": b"", b"seen_labels": b""}
