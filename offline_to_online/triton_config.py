@@ -16,6 +16,10 @@ from data_exchange_center.artifacts import ArtifactError
 Backend = Literal["onnxruntime", "python"]
 DYNAMIC = -1
 MAX_QUEUE_DELAY_US = 100
+# A request that waited in Triton's queue longer than this (or than the timeout the client sends: the time
+# left in its request) is rejected, not run: after a hang the server drops the backlog that no client waits
+# for any more instead of working through it while new requests time out behind it.
+QUEUE_TIMEOUT_US = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,11 @@ output [
 ]
 dynamic_batching {{
   max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}
+  default_queue_policy {{
+    timeout_action: REJECT
+    default_timeout_microseconds: {QUEUE_TIMEOUT_US}
+    allow_timeout_override: true
+  }}
 }}
 instance_group [
   {{

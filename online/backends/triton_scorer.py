@@ -2,9 +2,9 @@
 
 Triton's Python client is not thread-safe, so each request thread gets its own client (a
 ``threading.local``), created once per thread and kept. Each call carries the request's time budget
-(``client_timeout``); rows go in batches of at most ``MAX_BATCH_SIZE``. The reply names the model
-version that answered, which the response reports. When Triton is down the chain falls back to ONNX
-Runtime in-process on the same model (``online.backends.onnx_scorer``).
+(``client_timeout``, and the same as Triton's queue timeout); rows go in batches of at most
+``MAX_BATCH_SIZE``. The reply names the model version that answered, which the response reports. When
+Triton is down the chain falls back to ONNX Runtime in-process on the same model (``online.backends.onnx_scorer``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ CHANNEL_ARGS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+def queue_timeout_us(timeout_s: float) -> int:
+    """The server-side timeout of a request (microseconds): once the client has given up, Triton rejects it
+    from its queue instead of running it (``default_queue_policy`` in the model configs)."""
+    return max(1, int(timeout_s * 1_000_000))
 
 
 class TritonScorer:
@@ -68,7 +74,9 @@ class TritonScorer:
         inputs[0].set_data_from_numpy(np.ascontiguousarray(sparse, dtype=np.int64))
         inputs[1].set_data_from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
         outputs = [grpcclient.InferRequestedOutput(sig.OUTPUT_SCORE)]
-        result = self._client().infer(sig.MODEL_NAME, inputs, outputs=outputs, client_timeout=timeout_s)
+        result = self._client().infer(
+            sig.MODEL_NAME, inputs, outputs=outputs, client_timeout=timeout_s, timeout=queue_timeout_us(timeout_s)
+        )
         scores = np.asarray(result.as_numpy(sig.OUTPUT_SCORE), dtype=np.float32).reshape(-1)
         return scores, str(result.get_response().model_version)
 
@@ -89,8 +97,9 @@ class TritonScorer:
         inputs[1].set_data_from_numpy(np.ascontiguousarray(liked, dtype=np.float32))
         outputs = [grpcclient.InferRequestedOutput(sig.USER_TOWER_OUTPUT)]
         result = self._client().infer(
-            sig.USER_TOWER_NAME, inputs, model_version=str(version), outputs=outputs, client_timeout=timeout_s
-        )
+            sig.USER_TOWER_NAME, inputs, model_version=str(version), outputs=outputs, client_timeout=timeout_s,
+            timeout=queue_timeout_us(timeout_s),
+        )  # fmt: skip
         vectors = np.asarray(result.as_numpy(sig.USER_TOWER_OUTPUT), dtype=np.float32)
         return vectors, f"{sig.USER_TOWER_NAME}/{version}"
 

@@ -66,6 +66,7 @@ def register_routes(app: Flask, service: RecService) -> None:
         rec = service.recommend(req.userid, req.size, explain=req.explain)
         g.degraded = rec.degraded
         body = rec.to_json()
+        g.timings_ms = body["timings_ms"]  # in the access log: where a slow answer spent its time
         describe_items(body["item_list"], service.catalog.current(), req.fields)
         return json_response(body)
 
@@ -147,5 +148,6 @@ def _record(service: RecService, response: Response, request_id: str) -> None:
             "latency_ms": round(elapsed * 1000, 3),
             "userid": g.get("userid"),
             "degraded": g.get("degraded") or [],
+            **({"timings_ms": g.timings_ms} if g.get("timings_ms") else {}),
         },
     )

@@ -47,6 +47,11 @@ output [
 ]
 dynamic_batching {
   max_queue_delay_microseconds: 100
+  default_queue_policy {
+    timeout_action: REJECT
+    default_timeout_microseconds: 1000000
+    allow_timeout_override: true
+  }
 }
 instance_group [
   {
