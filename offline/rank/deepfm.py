@@ -24,7 +24,6 @@ dense values and crosses only (the reference project found the same).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,8 @@ import torch
 from torch import nn
 
 from data_exchange_center import model_signature as sig
-from data_exchange_center.artifacts import atomic_path, read_json
+from data_exchange_center.artifacts import read_json
+from offline.common.onnx_export import export_onnx as export_module
 
 INIT_STD = 0.01  # initial standard deviation of the embeddings
 
@@ -183,23 +183,8 @@ def load_ranker(model_args_path: Path, weights_path: Path) -> DeepFM:
 
 def export_onnx(model: DeepFM, onnx_path: Path) -> Path:
     """Export ``forward`` as one self-contained ONNX file with the serving signature and a dynamic batch."""
-    model.eval()
     example = (
         torch.zeros((2, model.config.n_sparse), dtype=torch.int64),
         torch.zeros((2, model.config.n_dense), dtype=torch.float32),
     )
-    batch_axis = {0: "batch"}
-    with atomic_path(onnx_path) as tmp, warnings.catch_warnings():
-        # the TorchScript exporter: the torch.export-based one needs onnxscript, which the stack does not ship
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            model,
-            example,
-            str(tmp),
-            dynamo=False,
-            opset_version=sig.ONNX_OPSET,
-            input_names=[sig.INPUT_SPARSE, sig.INPUT_DENSE],
-            output_names=[sig.OUTPUT_SCORE],
-            dynamic_axes={sig.INPUT_SPARSE: batch_axis, sig.INPUT_DENSE: batch_axis, sig.OUTPUT_SCORE: batch_axis},
-        )
-    return onnx_path
+    return export_module(model, example, [sig.INPUT_SPARSE, sig.INPUT_DENSE], sig.OUTPUT_SCORE, onnx_path)

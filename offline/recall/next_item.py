@@ -22,7 +22,6 @@ whether to keep going (early stopping, best state kept).
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +32,8 @@ import torch
 from torch import nn
 
 from data_exchange_center import model_signature as sig
-from data_exchange_center.artifacts import atomic_path
 from data_exchange_center.feature_spec import encode_recent_items
+from offline.common.onnx_export import export_onnx
 
 
 @dataclass(frozen=True)
@@ -120,23 +119,9 @@ class UserTower(nn.Module):
 def export_user_tower(model: NextItemModel, window: int, onnx_path: Path) -> Path:
     """The user side as one ONNX file: inputs ``recent_items`` int64 and ``recent_liked`` float32
     (batch, window), output ``user_vector`` float32 (batch, dim + 1); dynamic batch."""
-    tower = UserTower(model).eval()
     example = (torch.ones((2, window), dtype=torch.int64), torch.zeros((2, window), dtype=torch.float32))
-    batch_axis = {0: "batch"}
     names = [sig.USER_TOWER_INPUT_ITEMS, sig.USER_TOWER_INPUT_LIKED]
-    with atomic_path(onnx_path) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            tower,
-            example,
-            str(tmp),
-            dynamo=False,
-            opset_version=sig.ONNX_OPSET,
-            input_names=names,
-            output_names=[sig.USER_TOWER_OUTPUT],
-            dynamic_axes={name: batch_axis for name in [*names, sig.USER_TOWER_OUTPUT]},
-        )
-    return onnx_path
+    return export_onnx(UserTower(model), example, names, sig.USER_TOWER_OUTPUT, onnx_path)
 
 
 @dataclass(frozen=True)
