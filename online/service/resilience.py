@@ -1,6 +1,9 @@
 """Time budgets and circuit breakers: how a slow or dead backend is kept from hurting requests.
 
 ``Deadline`` is a request's time budget; every backend call gets ``min(backend budget, time left)``.
+It also remembers the servers that failed during the request: roles served by one server (the user
+profiles, the event log and Feast's online store all live in one Redis on compose) do not each wait
+out their budget on a server that has just timed out for this request.
 ``CircuitBreaker`` counts consecutive failures of one backend; at ``failures`` it opens and refuses
 calls at once (the chain uses its fallback), and after ``reset_s`` it lets one trial call through
 (half-open): a success closes it, a failure opens it again for another ``reset_s``.
@@ -26,6 +29,7 @@ class Deadline:
         self._clock = clock
         self.start = clock()
         self.end = self.start + budget_s
+        self.failed_servers: set[str] = set()  # servers that failed a call of this request
 
     def remaining(self) -> float:
         return max(self.end - self._clock(), 0.0)
@@ -100,10 +104,13 @@ class CircuitBreaker:
 class Guard:
     """Runs one backend's calls through its breaker and a time budget; failures become ``BackendError``."""
 
-    def __init__(self, breaker: CircuitBreaker, budget_s: float, on_error: Callable[[str], None]) -> None:
+    def __init__(
+        self, breaker: CircuitBreaker, budget_s: float, on_error: Callable[[str], None], server: str | None = None
+    ) -> None:
         self.breaker = breaker
         self.budget_s = budget_s
         self._on_error = on_error
+        self.server = server  # the server this role calls (None: in process); shared by roles on one server
 
     @property
     def name(self) -> str:
@@ -114,6 +121,8 @@ class Guard:
         timeout_s = deadline.call_budget(self.budget_s)
         if timeout_s < MIN_CALL_BUDGET_S:
             raise BackendError(self.name, "no time left in the request budget")
+        if self.server is not None and self.server in deadline.failed_servers:
+            raise BackendError(self.name, "its server failed earlier in this request")
         if not self.breaker.allow():
             raise BackendError(self.name, "circuit breaker open")
         try:
@@ -123,6 +132,8 @@ class Guard:
         except Exception as exc:
             self.breaker.record_failure()
             self._on_error(self.name)
+            if self.server is not None:
+                deadline.failed_servers.add(self.server)
             if isinstance(exc, BackendError):
                 raise
             raise BackendError(self.name, f"{type(exc).__name__}: {str(exc)[:200]}") from exc

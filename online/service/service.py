@@ -15,7 +15,7 @@ from typing import Any
 from data_exchange_center.events import Event
 from data_exchange_center.settings import Settings
 from online.backends.base import BackendError, Lifecycle, NotLoaded
-from online.backends.event_log import AppendResult
+from online.backends.event_log import AppendResult, event_log_name
 from online.backends.item_catalog import ItemCatalogProvider
 from online.backends.versions import Refreshing
 from online.service.errors import NotReady, Unavailable
@@ -65,6 +65,20 @@ class BackgroundRefresh:
         self._stop.set()
 
 
+def server_of(settings: Settings, guard: str) -> str | None:
+    """The server a guarded role calls (None when it runs in process): roles that share one fail together
+    within a request (``resilience.Deadline.failed_servers``)."""
+    s = settings
+    servers = {
+        "profile": s.redis_url if s.backend_of("profiles") == "redis" else None,
+        "item_index": s.es_url if s.backend_of("index") == "elasticsearch" else None,
+        "features": {"feast-redis": s.redis_url, "feast-server": s.feast_url}.get(s.backend_of("features")),
+        "scorer": s.triton_url if s.backend_of("scorer") == "triton" else None,
+        "events": (s.events_redis_url or s.redis_url) if event_log_name(s) == "redis" else None,
+    }
+    return servers.get(guard)
+
+
 class RecService:
     def __init__(self, settings: Settings, backend_overrides: dict[str, Any] | None = None) -> None:
         self.settings = settings
@@ -83,7 +97,8 @@ class RecService:
         gauge = self.metrics.breaker_open.labels(name)
         gauge.set(0)
         breaker = CircuitBreaker(name, s.breaker_failures, s.breaker_reset_s, on_change=gauge.set)
-        return Guard(breaker, s.backend_timeout_ms / 1000, lambda b: self.metrics.backend_errors.labels(b).inc())
+        on_error = self.metrics.backend_errors.labels
+        return Guard(breaker, s.backend_timeout_ms / 1000, lambda b: on_error(b).inc(), server_of(s, name))
 
     def snapshots(self) -> list[Refreshing[Any]]:
         """Every versioned snapshot the backends hold in this process."""

@@ -85,6 +85,42 @@ def test_the_guard_gives_each_call_the_smaller_budget_and_wraps_failures() -> No
     assert called == [] and errors == ["scorer"]
 
 
+def test_roles_on_one_server_do_not_each_wait_for_it_within_a_request() -> None:
+    errors: list[str] = []
+    profile = Guard(CircuitBreaker("profile", 5, 60.0), 0.05, errors.append, server="redis://r:6379/0")
+    features = Guard(CircuitBreaker("features", 5, 60.0), 0.05, errors.append, server="redis://r:6379/0")
+    scorer = Guard(CircuitBreaker("scorer", 5, 60.0), 0.05, errors.append, server="triton:8001")
+    calls: list[str] = []
+
+    def timing_out(t: float) -> None:
+        calls.append("profile")
+        raise TimeoutError("read timed out")
+
+    request = Deadline(0.2)
+    with pytest.raises(BackendError, match="TimeoutError"):
+        profile.call(request, timing_out)
+    with pytest.raises(BackendError, match="failed earlier in this request"):
+        features.call(request, lambda t: calls.append("features"))
+    assert scorer.call(request, lambda t: "scored") == "scored"  # another server
+    assert calls == ["profile"] and errors == ["profile"] and features.breaker.state == "closed"
+    assert features.call(Deadline(0.2), lambda t: "row") == "row"  # the next request tries the server again
+    shared = [f"{g.name}={g.server}" for g in (profile, features)]
+    assert shared == ["profile=redis://r:6379/0", "features=redis://r:6379/0"]
+
+
+def test_the_service_names_the_server_of_each_guarded_role() -> None:
+    from data_exchange_center.settings import load_settings
+    from online.service.service import server_of
+
+    compose = load_settings({"profile": "compose", "redis_url": "redis://r:6379/0", "triton_url": "t:8001",
+                             "index_backend": "local"}, environ={})  # fmt: skip
+    servers = {g: server_of(compose, g) for g in ("profile", "events", "features", "scorer", "item_index")}
+    assert servers == {"profile": "redis://r:6379/0", "events": "redis://r:6379/0", "features": "redis://r:6379/0",
+                       "scorer": "t:8001", "item_index": None}  # fmt: skip
+    embedded = load_settings({}, environ={})
+    assert {server_of(embedded, g) for g in servers} == {None}
+
+
 def test_the_guard_lets_not_loaded_through_and_refuses_calls_while_open() -> None:
     guard = Guard(CircuitBreaker("features", 1, 60.0), budget_s=1.0, on_error=lambda _: None)
     with pytest.raises(NotLoaded):
