@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,20 @@ def apply_events(base: UserState, items: np.ndarray, labels: np.ndarray) -> User
     all_labels = np.concatenate([base.seen_labels, np.asarray(labels, dtype=np.int8)])
     keep = last_occurrences(all_items)
     return dataclasses.replace(base, seen=all_items[keep], seen_labels=all_labels[keep])
+
+
+def recent_terms(
+    seen: np.ndarray, seen_labels: np.ndarray, genres_of: Callable[[np.ndarray], list[list[str]]]
+) -> list[str]:
+    """The user's genre terms from the recent window of the seen items (time order): the genres of at
+    least ``TERM_MIN_CLICKS`` liked items among the last ``PIT_WINDOW``, sorted. The offline profile
+    (``offline/preprocess/pit_features.online_user_profiles``) gives the same terms for the same items;
+    ``genres_of(items)`` is each item's genres ([] when unknown)."""
+    window = np.asarray(seen, dtype=np.int64)[-S.PIT_WINDOW :]
+    labels = np.asarray(seen_labels)[len(seen_labels) - len(window) :]
+    clicks = Counter(g for genres, label in zip(genres_of(window), labels.tolist(), strict=True) if label > 0
+                     for g in set(genres))  # fmt: skip
+    return sorted(g for g, n in clicks.items() if n >= S.TERM_MIN_CLICKS)
 
 
 def last_occurrences(items: np.ndarray) -> np.ndarray:

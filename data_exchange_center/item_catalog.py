@@ -132,6 +132,10 @@ class ItemCatalog:
             out.append(entry)
         return out
 
+    def genres_of_items(self, items: np.ndarray) -> list[list[str]]:
+        """Each item's genres ([] when the catalog does not know it)."""
+        return [list(self.genres[pos]) if pos >= 0 else [] for pos in self.positions(items).tolist()]
+
     def genres_of(self, item: int) -> list[str]:
         pos = int(self.positions(np.array([item]))[0])
         return list(self.genres[pos]) if pos >= 0 else []

@@ -3,8 +3,9 @@
 For each selected user (``data_exchange_center.streaming.holdout_walks``) and each online rating in
 time order, the list is computed from the user's state (``static``: the published state; ``live``: the
 published state with the earlier online ratings applied as events by
-``data_exchange_center.events.apply_events``, and the user vector computed again from the new recent
-items by the exported user tower, as the service does at request time), with the chain steps the service runs
+``data_exchange_center.events.apply_events``, the genre terms of the new recent window
+(``events.recent_terms``) and the user vector computed again from the new recent items by the exported
+user tower, as the service does at request time), with the chain steps the service runs
 (``data_exchange_center.chain``) and the exported ONNX ranker on the serving user features. The
 figures are next-item HitRate/NDCG/MRR over the positive ratings, per experiment variant too
 (``data_exchange_center.experiments``): ``online/main/s2_client.py --replay --stream`` walks the
@@ -24,9 +25,10 @@ from data_exchange_center import chain
 from data_exchange_center import model_signature as sig
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import read_json, read_npz, read_parquet
-from data_exchange_center.events import apply_events
+from data_exchange_center.events import apply_events, recent_terms
 from data_exchange_center.experiments import Variant, assign_variant, parse_variants
 from data_exchange_center.feature_spec import FeatureSpec, encode_recent_items
+from data_exchange_center.item_catalog import ItemCatalog, catalog_from_artifacts
 from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import Settings
@@ -104,6 +106,7 @@ class _Walker:
         self.item_features = read_parquet(paths.item_features_path, (S.ITEM_ID,))
         self.session = load_session(paths.onnx_path)
         self.tower = UserTowerRunner.load(paths)
+        self.catalog = ItemCatalog.from_frame(catalog_from_artifacts(paths))  # genres: the terms after events
 
     def walk(
         self, walks: list[UserWalk], live: bool, variants: list[Variant], policy: chain.RankingPolicy, salt: str
@@ -130,6 +133,9 @@ class _Walker:
         for step in walk.target_steps.tolist():
             if live and variant.live_events:
                 state = apply_events(base, walk.items[:step], walk.labels[:step])
+                if step:  # as the service: terms and vector follow the events
+                    terms = recent_terms(state.seen, state.seen_labels, self.catalog.genres_of_items)
+                    state = dataclasses.replace(state, terms=terms)
                 state = self.tower.with_vector(state) if self.tower is not None else state
                 candidates = self._recall(state, triggers)
             else:  # the same list before every step

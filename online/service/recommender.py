@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from data_exchange_center import chain, explain
+from data_exchange_center.events import recent_terms
 from data_exchange_center.experiments import DEFAULT_VARIANT, Variant
 from data_exchange_center.feature_spec import combine_features
 from data_exchange_center.item_catalog import ItemCatalog
@@ -136,12 +137,14 @@ class Recommender:
         metrics: Metrics,
         live: LiveState | None = None,
         experiments: Experiments | None = None,
+        catalog: Callable[[], ItemCatalog] | None = None,
     ) -> None:
         self.backends = backends
         self.guards = guards
         self.metrics = metrics
         self.live = live  # the event log: the user's events on top of the published profile
         self.experiments = experiments or Experiments.none()
+        self.catalog = catalog  # the live item catalog (genres: the terms of a user with events)
 
     def recommend(
         self, userid: int, size: int, deadline: Deadline, explain_with: ItemCatalog | None = None
@@ -191,6 +194,12 @@ class Recommender:
         result = self.live.apply(req.userid, state, req.deadline, req.variant.live_events)
         if result.degraded:
             req.degraded.append("events")
+        if result.n_events and result.state is not None and self.catalog is not None:
+            catalog = self.catalog()
+            if not len(catalog):
+                return result.state  # the published terms until the catalog is loaded
+            terms = recent_terms(result.state.seen, result.state.seen_labels, catalog.genres_of_items)
+            return dataclasses.replace(result.state, terms=terms)
         return result.state
 
     def recall_candidates(

@@ -86,10 +86,12 @@ class RecService:
         self.backends: Backends = build_backends(settings, backend_overrides)
         self.guards = {name: self._guard(name) for name in GUARDED}
         self.live, self.experiments = build_live_feedback(settings, self._guard("events"))
-        self.recommender = Recommender(self.backends, self.guards, self.metrics, self.live, self.experiments)
+        self.catalog = ItemCatalogProvider(settings)  # titles for responses: not a role /ready waits for
+        self.recommender = Recommender(
+            self.backends, self.guards, self.metrics, self.live, self.experiments, self.catalog.current
+        )
         for refreshing in self.snapshots():
             refreshing.on_switch = self._on_switch
-        self.catalog = ItemCatalogProvider(settings)  # titles for responses: not a role /ready waits for
         self.background = BackgroundRefresh([*self.backends.all(), self.catalog])
 
     def _guard(self, name: str) -> Guard:

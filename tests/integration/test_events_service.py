@@ -5,6 +5,7 @@ Each test's app gets its own copy of the published data dir, so each has its own
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -25,9 +26,10 @@ from flask import Flask
 
 from data_exchange_center import chain
 from data_exchange_center import schema as S
-from data_exchange_center.events import Event, StoredEvent, apply_events
+from data_exchange_center.events import Event, StoredEvent, apply_events, recent_terms
 from data_exchange_center.experiments import assign_variant, parse_variants
 from data_exchange_center.feature_spec import FeatureSpec, combine_features
+from data_exchange_center.item_catalog import ItemCatalog, catalog_from_artifacts
 from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.settings import load_settings
 from online.backends.base import BackendError, ReadyStatus
@@ -86,6 +88,9 @@ def expected_with_events(tiny: TinyArtifacts, userid: int, items: list[int], lab
     """The chain's list from the artifacts with the events applied by the shared function."""
     paths = tiny.paths
     state = apply_events(user_state(paths, userid), np.array(items), np.array(labels))
+    if items:  # the service's terms follow the events (the recent window's genres)
+        catalog = ItemCatalog.from_frame(catalog_from_artifacts(paths))
+        state = dataclasses.replace(state, terms=recent_terms(state.seen, state.seen_labels, catalog.genres_of_items))
     quotas = dict(QUOTAS, popularity=max(QUOTAS["popularity"], size))
     results, i2i_all = chain.recall_channels(ItemIndex.load(paths), state, quotas, TRIGGERS)
     candidates = chain.merge_candidates(results, *i2i_all)
@@ -193,6 +198,26 @@ def test_events_already_in_the_published_base_are_not_applied_again(tiny: TinyAr
         assert items_of(rec(app, other)) == expected_with_events(looped, other, unseen[:2], [1, 1], 10)  # watermark 0
     finally:
         service_of(app).close()
+
+
+def test_the_terms_follow_the_recent_window_of_events(app: Flask, tiny: TinyArtifacts) -> None:
+    from online.service.resilience import Deadline
+
+    catalog = ItemCatalog.from_frame(catalog_from_artifacts(tiny.paths))
+    newcomer = 10**9 + 11
+    by_genre: dict[str, list[int]] = {}
+    for item, genres in zip(catalog.item_ids.tolist(), catalog.genres, strict=True):
+        for genre in genres:
+            by_genre.setdefault(genre, []).append(item)
+    genre, items = max(by_genre.items(), key=lambda kv: len(kv[1]))
+    assert post(app, [event(newcomer, item, n) for n, item in enumerate(items[:3])]).status_code == 202
+    state, _ = service_of(app).recommender.user_state(newcomer, Deadline(1.0))
+    assert state is not None and genre in state.terms
+    assert state.terms == recent_terms(state.seen, state.seen_labels, catalog.genres_of_items)
+    disliked = [event(newcomer, item, 10 + n, 1.0) for n, item in enumerate(items[3:11])]
+    assert post(app, disliked).status_code == 202  # the window moves on: no liked item of the genre left
+    state, _ = service_of(app).recommender.user_state(newcomer, Deadline(1.0))
+    assert state is not None and genre not in state.terms
 
 
 def test_a_new_user_with_events_gets_a_personal_list(app: Flask, tiny: TinyArtifacts) -> None:

@@ -223,3 +223,35 @@ def test_shed_requests_are_retried_and_other_errors_are_not() -> None:
 
     with pytest.raises(RuntimeError, match="422"):
         with_retries(broken)
+
+
+def test_recent_terms_equal_the_offline_profile_terms_of_every_user() -> None:
+    """The service's terms of a user's recent window equal the offline profile's (same items, same rule)."""
+    import tempfile
+    from pathlib import Path
+
+    from data_exchange_center.events import recent_terms
+    from data_exchange_center.item_catalog import ItemCatalog, build_catalog
+    from offline.preprocess.datasets import LAYOUT_DAT, read_dataset
+    from offline.preprocess.pit_features import item_genre_flags, list_genres, online_user_profiles
+    from offline.preprocess.split import split_by_time
+    from offline.preprocess.synthetic import SyntheticConfig, generate_synthetic
+    from offline.recall.tables import user_seen_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = read_dataset(generate_synthetic(SyntheticConfig(n_users=80, n_items=60, n_ratings=4000, seed=3),
+                                                  Path(tmp)), LAYOUT_DAT)  # fmt: skip
+    samples = split_by_time(dataset.ratings)
+    genres = list_genres(dataset.items)
+    profiles = online_user_profiles(samples, item_genre_flags(dataset.items, genres), genres).set_index(S.USER_ID)
+    catalog = ItemCatalog.from_frame(build_catalog(dataset.items))
+    seen = user_seen_table(samples)
+    with_terms = 0
+    for userid, items, labels in zip(seen[S.USER_ID], seen[S.ITEMS], seen[S.LABELS], strict=True):
+        got = recent_terms(np.asarray(items), np.asarray(labels), catalog.genres_of_items)
+        assert got == list(profiles.loc[userid, S.TERMS]), userid
+        with_terms += bool(got)
+    assert with_terms > 10  # the rule is exercised, not only empty lists
+    assert recent_terms(np.array([1, 2]), np.array([1, 1]), lambda items: [["Drama"]] * len(items)) == []
+    three = recent_terms(np.arange(12), np.ones(12, np.int8), lambda items: [["Drama"]] * len(items))
+    assert three == ["Drama"]
