@@ -14,6 +14,7 @@ version names (compose).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,8 @@ class TowerSnapshot:
     tower: UserTower | None  # None: the item version has no user tower (the published user vectors serve)
 
 
-def load_tower(store_dir: Any, item_version: str) -> TowerSnapshot:
+def load_tower(store_dir: Path, item_version: str) -> TowerSnapshot:
+    """The tower of one published item version (after checking its files against the manifest)."""
     version_dir = store_dir / item_version
     L.verify_version_files(version_dir)
     args = L.read_user_tower_args(version_dir)

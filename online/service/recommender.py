@@ -206,12 +206,12 @@ class Recommender:
         self, req: _Request, user: chain.UserState | None
     ) -> tuple[chain.Candidates, chain.RankingPolicy]:
         """Every channel's candidates (seen items excluded), merged and de-duplicated."""
-        unknown = user if user is not None else chain.UserState.unknown()
+        base = user if user is not None else chain.UserState.unknown()
         vectors: dict[str, chain.UserState] = {}  # the user with the vector of each item version used
 
         def with_vector(item_version: str) -> chain.UserState:
             if item_version not in vectors:
-                vectors[item_version] = req.timed("user_vector", lambda: self.user_vector(req, unknown, item_version))
+                vectors[item_version] = req.timed("user_vector", lambda: self.user_vector(req, base, item_version))
             return vectors[item_version]
 
         primary, fallback = self.backends.index, self.backends.index_fallback
@@ -252,7 +252,11 @@ class Recommender:
             fallback = self.backends.scorer_fallback
             if fallback is None:
                 return user
-            vectors, _ = fallback.user_vector(tower, items, liked, 0.0)
+            try:
+                vectors, _ = fallback.user_vector(tower, items, liked, 0.0)
+            except Exception:
+                self.metrics.backend_errors.labels(fallback.name).inc()
+                return user
         return dataclasses.replace(user, vector=np.asarray(vectors, np.float32).reshape(-1))
 
     @staticmethod
