@@ -60,7 +60,8 @@ GOAL_SATURATION_RPS = 400.0
 GOAL_P99_MS_AT_200 = 15.0
 GOAL_OVERLOAD_SERVED_P99_MS = 250.0
 GOAL_REJECTION_MS = 5.0
-STEPS = ("fetch_user_profile", "recall_candidates", "fetch_features", "score", "rank_and_filter")
+# user_vector (the request-time user side of the vector model) is timed inside recall_candidates
+STEPS = ("fetch_user_profile", "user_vector", "recall_candidates", "fetch_features", "score", "rank_and_filter")
 WRK_SCRIPT = """
 local users = {%s}
 request = function()

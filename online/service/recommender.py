@@ -1,6 +1,7 @@
 """One recommendation request as a chain of named steps over the backends' snapshots.
 
-    fetch_user_profile -> recall_candidates -> fetch_features -> score -> rank_and_filter
+    fetch_user_profile -> recall_candidates (user_vector, then the channels) -> fetch_features -> score
+    -> rank_and_filter
 
 Each step reads one backend through its ``Guard`` (time budget and circuit breaker). When a backend
 fails, the step uses its fallback and names the component in ``degraded``:
@@ -52,7 +53,8 @@ from online.service.live_events import Experiments, LiveState
 from online.service.metrics import Metrics
 from online.service.resilience import Deadline, Guard
 
-STEPS = ("fetch_user_profile", "recall_candidates", "fetch_features", "score", "rank_and_filter")
+# user_vector (the request-time user side of the vector model) is timed inside recall_candidates
+STEPS = ("fetch_user_profile", "user_vector", "recall_candidates", "fetch_features", "score", "rank_and_filter")
 
 
 @dataclass
