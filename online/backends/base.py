@@ -72,6 +72,8 @@ class IndexSnapshot:
 
 class Lifecycle(Protocol):
     name: str  # the role's backend name in /ready, metrics and logs
+    # An adapter that calls a server also has ``server: str`` (its URL): the roles on one server fail
+    # together within a request (``online.service.resilience.Deadline.failed_servers``).
 
     def maybe_refresh(self) -> None:
         """A cheap version check at most every few seconds; a new version loads in the background.

@@ -129,6 +129,7 @@ class EsItemIndex:
 
     def __init__(self, settings: Settings, api: EsApi | None = None) -> None:
         self.api = api or ElasticsearchApi(settings)
+        self.server = settings.es_url  # the server this role calls (roles on one server fail together)
         self.alias = settings.es_index_alias
         self.timeout_s = settings.backend_timeout_ms / 1000
         self.quotas = chain_quotas(settings)

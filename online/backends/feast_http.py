@@ -63,6 +63,7 @@ class FeastHttpFeatureStore:
 
     def __init__(self, settings: Settings) -> None:
         self.url = settings.feast_url.rstrip("/") + "/get-online-features"
+        self.server = settings.feast_url  # the server this role calls (roles on one server fail together)
         self.spec = FeatureSpec.load(L.live_feature_spec_path(settings.paths.feature_repo_dir))
         self.user_encoder = RowEncoder(self.spec, "user")
         repo_data = settings.paths.feature_repo_dir / "data"

@@ -127,6 +127,7 @@ class FeastRedisFeatureStore:
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.repo_dir: Path = settings.paths.feature_repo_dir
         self.client = client or bounded_client(settings.redis_url, settings.backend_timeout_ms / 1000)
+        self.server = settings.redis_url  # the server this role calls (roles on one server fail together)
         self.load_client = bounded_client(settings.redis_url, LOAD_TIMEOUT_S, pool_size=2)
         self.timeout_s = settings.backend_timeout_ms / 1000
         self.tables: Refreshing[FeastRedisSnapshot] = Refreshing(

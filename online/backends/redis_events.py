@@ -78,7 +78,7 @@ class RedisEventLog:
     name = "redis"
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
-        url = settings.events_redis_url or settings.redis_url
+        url = self.server = settings.events_redis_url or settings.redis_url  # the server this log calls
         timeout_s = settings.backend_timeout_ms / 1000
         self.prefix = R.events_prefix(settings.redis_namespace)
         self.namespace = settings.redis_namespace

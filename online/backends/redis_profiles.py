@@ -31,6 +31,7 @@ class RedisProfileStore:
         self.namespace = settings.redis_namespace
         self.timeout_s = settings.backend_timeout_ms / 1000
         self.client = client or bounded_client(settings.redis_url, self.timeout_s)
+        self.server = settings.redis_url  # the server this role calls (roles on one server fail together)
         self._version: str | None = None
         self._next_check = 0.0
         self.last_error: str | None = None

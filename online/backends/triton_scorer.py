@@ -43,7 +43,7 @@ class TritonScorer:
     name = "triton"
 
     def __init__(self, settings: Settings) -> None:
-        self.url = settings.triton_url
+        self.url = self.server = settings.triton_url  # the server this role calls
         self.status_timeout_s = max(settings.backend_timeout_ms / 1000, 1.0)
         self._local = threading.local()
 

@@ -15,7 +15,7 @@ from typing import Any
 from data_exchange_center.events import Event
 from data_exchange_center.settings import Settings
 from online.backends.base import BackendError, Lifecycle, NotLoaded
-from online.backends.event_log import AppendResult, event_log_name
+from online.backends.event_log import AppendResult
 from online.backends.item_catalog import ItemCatalogProvider
 from online.backends.versions import Refreshing
 from online.service.errors import NotReady, Unavailable
@@ -65,18 +65,11 @@ class BackgroundRefresh:
         self._stop.set()
 
 
-def server_of(settings: Settings, guard: str) -> str | None:
-    """The server a guarded role calls (None when it runs in process): roles that share one fail together
-    within a request (``resilience.Deadline.failed_servers``)."""
-    s = settings
-    servers = {
-        "profile": s.redis_url if s.backend_of("profiles") == "redis" else None,
-        "item_index": s.es_url if s.backend_of("index") == "elasticsearch" else None,
-        "features": {"feast-redis": s.redis_url, "feast-server": s.feast_url}.get(s.backend_of("features")),
-        "scorer": s.triton_url if s.backend_of("scorer") == "triton" else None,
-        "events": (s.events_redis_url or s.redis_url) if event_log_name(s) == "redis" else None,
-    }
-    return servers.get(guard)
+def server_of(backend: object) -> str | None:
+    """The server an adapter calls (its ``server`` attribute; None when it runs in process): roles that share
+    one fail together within a request (``resilience.Deadline.failed_servers``)."""
+    server = getattr(backend, "server", None)
+    return str(server) if server else None
 
 
 class RecService:
@@ -84,8 +77,11 @@ class RecService:
         self.settings = settings
         self.metrics = Metrics()
         self.backends: Backends = build_backends(settings, backend_overrides)
-        self.guards = {name: self._guard(name) for name in GUARDED}
+        b = self.backends
+        primaries = {"profile": b.profiles, "item_index": b.index, "features": b.features, "scorer": b.scorer}
+        self.guards = {name: self._guard(name, server_of(primaries[name])) for name in GUARDED}
         self.live, self.experiments = build_live_feedback(settings, self._guard("events"))
+        self.live.guard.server = server_of(self.live.log)
         self.catalog = ItemCatalogProvider(settings)  # titles for responses: not a role /ready waits for
         self.recommender = Recommender(
             self.backends, self.guards, self.metrics, self.live, self.experiments, self.catalog.current
@@ -94,13 +90,13 @@ class RecService:
             refreshing.on_switch = self._on_switch
         self.background = BackgroundRefresh([*self.backends.all(), self.catalog])
 
-    def _guard(self, name: str) -> Guard:
+    def _guard(self, name: str, server: str | None = None) -> Guard:
         s = self.settings
         gauge = self.metrics.breaker_open.labels(name)
         gauge.set(0)
         breaker = CircuitBreaker(name, s.breaker_failures, s.breaker_reset_s, on_change=gauge.set)
         on_error = self.metrics.backend_errors.labels
-        return Guard(breaker, s.backend_timeout_ms / 1000, lambda b: on_error(b).inc(), server_of(s, name))
+        return Guard(breaker, s.backend_timeout_ms / 1000, lambda b: on_error(b).inc(), server)
 
     def snapshots(self) -> list[Refreshing[Any]]:
         """Every versioned snapshot the backends hold in this process."""
@@ -178,8 +174,13 @@ class RecService:
                 (degraded if can_fall_back else unavailable).append(role)
         strict = self.settings.ready_strict
         ready = not unavailable and not (strict and degraded)
-        return ready, {"backends": report, "degraded": degraded, "unavailable": unavailable, "strict": strict,
-                       "worker_pid": os.getpid()}  # breakers and snapshots are per worker process
+        return ready, {
+            "backends": report,
+            "degraded": degraded,
+            "unavailable": unavailable,
+            "strict": strict,
+            "worker_pid": os.getpid(),
+        }  # breakers and snapshots are per worker process
 
     def close(self) -> None:
         self.background.stop()

@@ -108,17 +108,27 @@ def test_roles_on_one_server_do_not_each_wait_for_it_within_a_request() -> None:
     assert shared == ["profile=redis://r:6379/0", "features=redis://r:6379/0"]
 
 
-def test_the_service_names_the_server_of_each_guarded_role() -> None:
+def test_the_service_gives_each_guard_the_server_of_its_adapter(tmp_path: Any) -> None:
     from data_exchange_center.settings import load_settings
-    from online.service.service import server_of
+    from online.backends.feast_embedded import EmbeddedFeatureStore
+    from online.service.service import RecService
 
-    compose = load_settings({"profile": "compose", "redis_url": "redis://r:6379/0", "triton_url": "t:8001",
-                             "index_backend": "local"}, environ={})  # fmt: skip
-    servers = {g: server_of(compose, g) for g in ("profile", "events", "features", "scorer", "item_index")}
-    assert servers == {"profile": "redis://r:6379/0", "events": "redis://r:6379/0", "features": "redis://r:6379/0",
-                       "scorer": "t:8001", "item_index": None}  # fmt: skip
-    embedded = load_settings({}, environ={})
-    assert {server_of(embedded, g) for g in servers} == {None}
+    servers = {"redis_url": "redis://r:6379/0", "triton_url": "t:8001"}
+    compose = load_settings({"profile": "compose", "index_backend": "local", "data_dir": tmp_path,
+                             "log_level": "WARNING", **servers}, environ={})  # fmt: skip
+    service = RecService(compose)
+    try:
+        servers = {name: guard.server for name, guard in service.guards.items()}
+        assert servers == {"profile": "redis://r:6379/0", "item_index": None, "features": "redis://r:6379/0",
+                           "scorer": "t:8001"}  # fmt: skip
+        assert service.live.guard.server == "redis://r:6379/0"  # the event log
+    finally:
+        service.close()
+    overridden = RecService(compose, {"features": EmbeddedFeatureStore(compose)})  # in process: no server
+    try:
+        assert overridden.guards["features"].server is None
+    finally:
+        overridden.close()
 
 
 def test_the_guard_lets_not_loaded_through_and_refuses_calls_while_open() -> None:
