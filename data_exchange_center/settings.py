@@ -66,6 +66,9 @@ class Settings(BaseModel):
     # request budget and resilience
     request_timeout_ms: int = Field(200, ge=10, description="time budget of one recommendation request")
     backend_timeout_ms: int = Field(50, ge=1, description="time budget of one backend call")
+    scorer_timeout_ms: int = Field(
+        80, ge=1, description="time budget of one scorer call (the ranker, the user tower), at least backend_timeout_ms"
+    )
     breaker_failures: int = Field(5, ge=1, description="consecutive failures that open a circuit breaker")
     breaker_reset_s: float = Field(2.0, gt=0, description="seconds before an open breaker lets one call through")
     max_in_flight: int = Field(

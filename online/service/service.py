@@ -96,7 +96,8 @@ class RecService:
         gauge.set(0)
         breaker = CircuitBreaker(name, s.breaker_failures, s.breaker_reset_s, on_change=gauge.set)
         on_error = self.metrics.backend_errors.labels
-        return Guard(breaker, s.backend_timeout_ms / 1000, lambda b: on_error(b).inc(), server)
+        budget_ms = max(s.backend_timeout_ms, s.scorer_timeout_ms) if name == "scorer" else s.backend_timeout_ms
+        return Guard(breaker, budget_ms / 1000, lambda b: on_error(b).inc(), server)
 
     def snapshots(self) -> list[Refreshing[Any]]:
         """Every versioned snapshot the backends hold in this process."""
