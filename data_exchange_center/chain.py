@@ -18,6 +18,18 @@ from data_exchange_center.item_index import Ranked, dense_ids, top_k
 
 CHANNELS = ("i2i", "vector", "term", "popularity")
 _CHANNEL_NAMES = np.array(CHANNELS, dtype=object)
+# The recall evidence of each candidate that the ranker reads (``candidate_evidence``), in this order.
+EVIDENCE_FIELDS = (
+    "ev_i2i_relative",  # item-to-item score / the best candidate's (0 when unreachable)
+    "ev_i2i_log",  # log(1 + item-to-item score)
+    "ev_vector_relative",  # exp(vector score - the best vector hit's), 0 when not a vector hit
+    "ev_vector_gap",  # (best vector hit's score - its score) / 10, capped at 1 (1 when not a hit)
+    "ev_vector_hit",  # 1 when the vector channel returned it
+    "ev_channel_prior",  # 1 / (1 + rank in the channel that proposed it)
+    "ev_channel_rank_log",  # log(1 + rank in that channel) / 6
+    *(f"ev_channel_{name}" for name in CHANNELS),  # one-hot: the channel that proposed it
+)
+VECTOR_GAP_CAP = 10.0
 TRIGGER_WEIGHT_LIKED = 1.0  # a liked (rating > 3) offline item as an item-to-item trigger
 TRIGGER_WEIGHT_OTHER = 0.3  # a watched but not liked item: still evidence of taste, weaker
 DEFAULT_MAX_TRIGGERS = 20  # the user's most recent seen items used as triggers (selected on validation)
@@ -173,6 +185,32 @@ def merge_candidates(
                       lookup_scores(np.asarray(vector_items, np.int64), np.asarray(vector_scores), items))  # fmt: skip
 
 
+def candidate_evidence(candidates: Candidates) -> np.ndarray:
+    """(n, len(EVIDENCE_FIELDS)) float32: each candidate's recall evidence, every value in [0, 1] except
+    ``ev_i2i_log``. The ranker reads it after the user and item features (``FeatureSpec`` fields of source
+    ``candidate``); training, evaluation and serving all compute it here."""
+    n = len(candidates.items)
+    i2i = np.clip(candidates.i2i_score.astype(np.float64), 0.0, None)
+    best = float(i2i.max()) if n else 0.0
+    vector = candidates.vector_score.astype(np.float64) if len(candidates.vector_score) == n else np.full(n, np.nan)
+    hit = np.isfinite(vector)
+    gap = np.full(n, VECTOR_GAP_CAP)
+    if hit.any():
+        gap[hit] = np.minimum(np.nanmax(vector) - vector[hit], VECTOR_GAP_CAP)
+    channel = np.asarray(candidates.channel)
+    columns = [
+        i2i / best if best > 0 else np.zeros(n),
+        np.log1p(i2i),
+        np.where(hit, np.exp(-gap), 0.0),
+        gap / VECTOR_GAP_CAP,
+        hit,
+        1.0 / (1.0 + candidates.rank_in_channel),
+        np.log1p(candidates.rank_in_channel) / 6.0,
+        *(channel == name for name in CHANNELS),
+    ]
+    return np.column_stack(columns).astype(np.float32) if n else np.zeros((0, len(EVIDENCE_FIELDS)), np.float32)
+
+
 def lookup_scores(hit_items: np.ndarray, hit_scores: np.ndarray, items: np.ndarray) -> np.ndarray:
     """(n,) float32: each of ``items``'s score among ``hit_items``, NaN where it is not a hit."""
     order = np.argsort(hit_items, kind="stable")
@@ -185,9 +223,11 @@ def lookup_scores(hit_items: np.ndarray, hit_scores: np.ndarray, items: np.ndarr
 
 __all__ = [
     "Candidates",
+    "EVIDENCE_FIELDS",
     "RankingPolicy",
     "TriggerPolicy",
     "UserState",
+    "candidate_evidence",
     "final_score_parts",
     "final_scores",
     "lookup_scores",
@@ -211,15 +251,22 @@ class RankingPolicy:
     probability relative to the best vector hit's (its score is a softmax logit; 0 if not a vector hit).
     ``channel_prior = 1 / (1 + rank in the channel that proposed it)`` orders candidates that only
     another channel reached (cold users, few triggers).
+
+    With ``ranker_final`` = 1 the ranker's output is the final score as it is: a ranker trained on the
+    recall candidates with their evidence (``candidate_evidence``) already weighs watch and like.
     """
 
     like_weight: float = 1.0
     prior_weight: float = 0.01
     vector_weight: float = 0.0
+    ranker_final: int = 0
 
     @classmethod
     def from_dict(cls, raw: dict[str, float]) -> RankingPolicy:
-        return cls(**{k: float(v) for k, v in raw.items() if k in cls.__dataclass_fields__})
+        values = {k: float(v) for k, v in raw.items() if k in cls.__dataclass_fields__}
+        if "ranker_final" in values:
+            values["ranker_final"] = int(values["ranker_final"])  # type: ignore[assignment]
+        return cls(**values)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,8 +284,12 @@ def read_chain_parameters(i2i_params_path: Path, ranking_policy_path: Path) -> t
 
 
 def final_score_parts(candidates: Candidates, like_probs: np.ndarray, policy: RankingPolicy) -> dict[str, np.ndarray]:
-    """Per candidate, the terms of the final score: watch, channel_prior, like and final, (n,) each."""
+    """Per candidate, the terms of the final score: watch, channel_prior, like and final, (n,) each (with
+    ``ranker_final``: ranker and final, the same values)."""
     n = len(candidates.items)
+    if policy.ranker_final:
+        score = np.asarray(like_probs, dtype=np.float32).reshape(-1)
+        return {"ranker": score.astype(np.float64), "final": score}
     best = float(candidates.i2i_score.max()) if n else 0.0
     watch = np.clip(candidates.i2i_score, 0.0, None) / best if best > 0 else np.zeros(n)
     vector = candidates.vector_score.astype(np.float64) if len(candidates.vector_score) == n else np.full(n, np.nan)

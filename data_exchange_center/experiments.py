@@ -33,8 +33,9 @@ class Variant:
     overrides: dict[str, float] = field(default_factory=dict)
 
     def policy(self, base: RankingPolicy) -> RankingPolicy:
-        known = {k: v for k, v in self.overrides.items() if k in ("like_weight", "prior_weight")}
-        return replace(base, **known) if known else base
+        like_weight = self.overrides.get("like_weight", base.like_weight)
+        prior_weight = self.overrides.get("prior_weight", base.prior_weight)
+        return replace(base, like_weight=like_weight, prior_weight=prior_weight)
 
     def max_triggers(self, base: int) -> int:
         return int(self.overrides.get("max_triggers", base))

@@ -9,7 +9,8 @@ For each recommended item, ``explain_items`` returns the channel that proposed i
 - ``similarity``: the vector channel's inner product of the user and item vectors;
 - ``popularity_rank``: its place in the popularity channel;
 - ``score_parts``: the terms of ``chain.final_scores`` (``(watch + prior_weight * channel_prior) *
-  like ** like_weight``), whose product is the served score.
+  like ** like_weight``), whose product is the served score; or, for a ranker trained on the candidates
+  with their evidence (``ranker_final``), its output, which is the served score.
 
 These are pure functions over numpy arrays, like ``chain``; the online service calls them with the
 request's own profile, candidates, channel results and scores, and the offline evaluation may too.
@@ -132,6 +133,12 @@ def explain_items(
 
 
 def _parts_of(parts: dict[str, np.ndarray], row: int, policy: chain.RankingPolicy) -> dict[str, float]:
+    if policy.ranker_final:  # the ranker weighed the evidence itself: its output is the score
+        return {
+            "i2i_score": round(float(parts["i2i_score"][row]), 6),
+            "ranker": round(float(parts["ranker"][row]), 6),
+            "final": round(float(parts["final"][row]), 6),
+        }
     return {
         "i2i_score": round(float(parts["i2i_score"][row]), 6),
         "watch": round(float(parts["watch"][row]), 6),

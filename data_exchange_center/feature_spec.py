@@ -3,7 +3,11 @@
 A feature row is assembled from a user part and an item part, in this fixed order::
 
     sparse = [user categorical fields..., item categorical fields...]   int64   (n, n_sparse)
-    dense  = [user dense fields...,       item dense fields...]         float32 (n, n_dense)
+    dense  = [user dense fields..., item dense fields..., candidate fields...]   float32 (n, n_dense)
+
+The candidate fields (source ``candidate``, ``chain.EVIDENCE_FIELDS``) are the recall evidence of the
+candidate that the row scores: computed per request from the candidates, never stored in a feature
+store; a spec without them scores user and item features only.
 
 Categorical values are encoded as their 1-based position in the field's vocabulary; 0 means unknown
 (a user or item that was not in the training data). Dense values are standardized with training
@@ -23,7 +27,7 @@ import pandas as pd
 
 from data_exchange_center.artifacts import ArtifactError, read_json, write_json
 
-Source = Literal["user", "item"]
+Source = Literal["user", "item", "candidate"]
 SPEC_FORMAT_VERSION = 1
 
 
@@ -80,6 +84,38 @@ class FeatureSpec:
         cats, dense = self.fields_of(source)
         return [f.name for f in cats] + [f.name for f in dense]
 
+    @property
+    def row_columns(self) -> list[str]:
+        """The columns a feature row holds: the user's and the item's (not the per-request evidence)."""
+        return self.source_columns("user") + self.source_columns("item")
+
+    @property
+    def n_evidence(self) -> int:
+        """How many candidate (recall evidence) fields end the dense inputs."""
+        return len(self.fields_of("candidate")[1])
+
+    def evidence(self, values: np.ndarray | None, n: int) -> np.ndarray | None:
+        """The candidate part of ``n`` rows, (n, n_evidence) float32: ``values`` (checked), zeros when
+        ``values`` is None (rows scored outside the chain, e.g. rated items); None for a spec without it."""
+        if not self.n_evidence:
+            return None
+        if values is None:
+            return np.zeros((n, self.n_evidence), dtype=np.float32)
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape != (n, self.n_evidence):
+            raise ValueError(f"evidence of shape {values.shape}, the spec wants {(n, self.n_evidence)}")
+        return values
+
+    def reference_evidence(self, positions: np.ndarray) -> np.ndarray | None:
+        """The evidence of the offline == online check's reference rows (test rows at ``positions``): fixed
+        pseudo-random values in [0, 1) per row position (seed 0), so that the check covers the weights that
+        read the evidence. None for a spec without evidence."""
+        if not self.n_evidence:
+            return None
+        positions = np.asarray(positions, dtype=np.int64)
+        table = np.random.default_rng(0).random((int(positions.max(initial=-1)) + 1, self.n_evidence))
+        return table[positions].astype(np.float32)
+
     # --- encoding ------------------------------------------------------------------------------
     def encode(self, df: pd.DataFrame, source: Source) -> tuple[np.ndarray, np.ndarray]:
         """Encode the ``source`` part of feature rows: ``(sparse int64 (n, k), dense float32 (n, m))``."""
@@ -133,9 +169,12 @@ class FeatureSpec:
 
 
 def combine_features(
-    user_part: tuple[np.ndarray, np.ndarray], item_part: tuple[np.ndarray, np.ndarray]
+    user_part: tuple[np.ndarray, np.ndarray],
+    item_part: tuple[np.ndarray, np.ndarray],
+    evidence: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Join encoded user and item parts into model inputs; a single user row broadcasts over items."""
+    """Join encoded user and item parts (and the candidates' evidence, ``FeatureSpec.evidence``) into model
+    inputs; a single user row broadcasts over items."""
     user_sparse, user_dense = user_part
     item_sparse, item_dense = item_part
     n = max(len(user_sparse), len(item_sparse))
@@ -145,7 +184,8 @@ def combine_features(
     if len(user_sparse) != len(item_sparse):
         raise ValueError(f"user rows ({len(user_sparse)}) and item rows ({len(item_sparse)}) do not align")
     sparse = np.concatenate([user_sparse, item_sparse], axis=1)  # (n, n_sparse)
-    dense = np.concatenate([user_dense, item_dense], axis=1).astype(np.float32, copy=False)  # (n, n_dense)
+    parts = [user_dense, item_dense] if evidence is None else [user_dense, item_dense, evidence]
+    dense = np.concatenate(parts, axis=1).astype(np.float32, copy=False)  # (n, n_dense)
     return sparse, dense
 
 

@@ -122,7 +122,7 @@ class ItemFiles:
 
 CHAIN_KEYS = {"max_triggers": int, "like_weight": float, "prior_weight": float}
 # kept when present (versions published before they existed serve the ``chain.TriggerPolicy`` defaults)
-CHAIN_OPTIONAL_KEYS = {"half_life": float, "unliked_weight": float, "vector_weight": float}
+CHAIN_OPTIONAL_KEYS = {"half_life": float, "unliked_weight": float, "vector_weight": float, "ranker_final": int}
 
 
 def check_chain_parameters(raw: object, source: Path | str) -> dict[str, int | float]:

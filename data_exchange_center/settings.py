@@ -102,6 +102,12 @@ class Settings(BaseModel):
         return ArtifactPaths(self.data_dir)
 
     @property
+    def chain_quotas(self) -> dict[str, int]:
+        """Candidates per recall channel (``chain.recall_channels``'s quotas)."""
+        return {"i2i": self.i2i_quota, "vector": self.vector_quota, "term": self.term_quota,
+                "popularity": self.popularity_quota}  # fmt: skip
+
+    @property
     def event_log_path(self) -> Path:
         return self.events_path or self.data_dir / "events" / "events.sqlite3"
 

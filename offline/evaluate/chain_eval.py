@@ -19,10 +19,9 @@ from data_exchange_center.artifacts import read_parquet
 from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.paths import ArtifactPaths
-from data_exchange_center.settings import Settings
 from offline.common.holdout import Holdout
 from offline.common.user_states import UserStates
-from offline.rank.scoring import load_session, score_pairs
+from offline.rank.scoring import load_session, score_candidates
 
 
 @dataclass
@@ -34,15 +33,6 @@ class ChainRun:
     ranked: list[np.ndarray] = field(default_factory=list)  # the final list (size = max quota)
     ranked_by_like_weight: dict[float, list[np.ndarray]] = field(default_factory=dict)
     n_candidates: list[int] = field(default_factory=list)
-
-
-def chain_quotas(settings: Settings) -> dict[str, int]:
-    return {
-        "i2i": settings.i2i_quota,
-        "vector": settings.vector_quota,
-        "term": settings.term_quota,
-        "popularity": settings.popularity_quota,
-    }
 
 
 def run_chain(
@@ -80,12 +70,8 @@ def run_chain(
 def _score_candidates(
     paths: ArtifactPaths, user_ids: np.ndarray, candidates: list[chain.Candidates]
 ) -> list[np.ndarray]:
-    """The ranker's like probability of every (user, candidate) pair, one batch for all users."""
+    """The ranker's score of every (user, candidate) pair, one batch for all users."""
     spec = FeatureSpec.load(paths.feature_spec_path)
     user_features = read_parquet(paths.user_features_path, (S.USER_ID,))
     item_features = read_parquet(paths.item_features_path, (S.ITEM_ID,))
-    sizes = [len(c.items) for c in candidates]
-    pair_users = np.repeat(user_ids, sizes)
-    pair_items = np.concatenate([c.items for c in candidates]) if candidates else np.zeros(0, np.int64)
-    scores = score_pairs(load_session(paths.onnx_path), spec, user_features, item_features, pair_users, pair_items)
-    return np.split(scores, np.cumsum(sizes)[:-1])
+    return score_candidates(load_session(paths.onnx_path), spec, user_features, item_features, user_ids, candidates)

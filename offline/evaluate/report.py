@@ -107,6 +107,34 @@ def render_report(metrics: dict[str, Any], selection: list[dict[str, float]], pl
         "",
         f"Merged candidates: Recall@{merged.get('recall_at_k', '?')} = {merged.get('recall_at_200', '-')}, "
         f"{merged.get('mean_candidates', '-')} candidates per user on average.",
+    ]
+    if policy.get("ranker_final"):
+        lines += _ranker_final_lines(metrics.get("rank", {}).get("watch", {}), selection)
+    else:
+        lines += _blend_lines(policy, selection)
+    lines += ["", "## Stage timings (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {stage} | {sec} |" for stage, sec in metrics.get("timings_s", {}).items()]
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _ranker_final_lines(watch: dict[str, Any], selection: list[dict[str, float]]) -> list[str]:
+    validation = selection[0] if selection else {}
+    return [
+        "",
+        "The final score is the DeepFM's output, p_watch x p_like ^ w: its like head learned on the rated items,",
+        "its watch head on the recall candidates (with their channel evidence) of half of the validation users,",
+        "labelled by what each user watched next; the epoch and w were selected on the other half's NDCG@50.",
+        "",
+        f"Selected: like weight w = {watch.get('like_weight')}, watch epoch {watch.get('best_epoch')}; fitted on "
+        f"{watch.get('n_fit_rows')} candidate rows of {watch.get('n_fit_users')} users, selected on "
+        f"{watch.get('n_selection_users')} users; validation (those users) Recall {validation.get('recall', '-')}, "
+        f"NDCG {validation.get('ndcg', '-')}.",
+    ]
+
+
+def _blend_lines(policy: dict[str, Any], selection: list[dict[str, float]]) -> list[str]:
+    lines = [
         "",
         "The final score is (i2i / best i2i + v x exp(vector - best vector) + prior) x P(like) ^ w; v and w are",
         "selected on validation (timeline ending at the training split, targets the test split's positives);",
@@ -120,7 +148,4 @@ def render_report(metrics: dict[str, Any], selection: list[dict[str, float]], pl
     lines += [
         f"| {r['vector_weight']} | {r['like_weight']} | {r['recall']:.4f} | {r['ndcg']:.4f} |" for r in selection
     ]
-    lines += ["", "## Stage timings (s)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {stage} | {sec} |" for stage, sec in metrics.get("timings_s", {}).items()]
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
-    return "\n".join(lines) + "\n"
+    return lines

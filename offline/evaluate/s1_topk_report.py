@@ -27,7 +27,7 @@ from data_exchange_center.settings import load_settings
 from data_exchange_center.topk_metrics import topk_metrics
 from offline.common.holdout import MERGED_RECALL_K, TOPK, Holdout
 from offline.common.stage import run_stage, stage_parser
-from offline.evaluate.chain_eval import chain_quotas, run_chain
+from offline.evaluate.chain_eval import run_chain
 from offline.evaluate.examples import append_example_users
 from offline.evaluate.report import plot_curves, plot_topk, render_report
 from offline.evaluate.validation import (
@@ -47,7 +47,7 @@ def topk_report(paths: ArtifactPaths) -> dict[str, Any]:
     samples = read_parquet(paths.samples_path, S.SAMPLES_COLUMNS)
     holdout = Holdout.from_samples(samples)
     settings = load_settings({"data_dir": paths.data_dir})
-    quotas = chain_quotas(settings)
+    quotas = settings.chain_quotas
     triggers, _ = chain.read_chain_parameters(*paths.chain_params_paths)
     validation_run = run_validation_chain(paths, samples, quotas, triggers)
     policy, selection = select_ranking_policy(validation_run, TOPK, LIKE_WEIGHT_GRID, VECTOR_WEIGHT_GRID)
@@ -56,7 +56,7 @@ def topk_report(paths: ArtifactPaths) -> dict[str, Any]:
     validation_lists = rank_lists(validation_run.candidates, validation_run.like, policy, TOPK)
     validation = stage_metrics(validation_run.channel_lists, [c.items for c in validation_run.candidates],
                                validation_lists, validation_run.relevant)  # fmt: skip
-    validation["permutation_importance_ndcg"] = permutation_importance(validation_run, policy, TOPK)
+    validation["permutation_importance_ndcg"] = permutation_importance(paths, validation_run, policy, TOPK)
     log.info("permutation importance on validation (NDCG@%d lost): %s", TOPK, validation["permutation_importance_ndcg"])
     run = run_chain(paths, holdout, quotas, TOPK)
     topk: dict[str, Any] = {"k": TOPK, **stage_metrics(run.channel_lists, run.merged, run.ranked, holdout.relevant)}

@@ -34,8 +34,7 @@ from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import Settings
 from data_exchange_center.streaming import MODES, STREAM_K, UserWalk, holdout_walks, next_item_metrics
 from offline.common.user_states import UserStates
-from offline.evaluate.chain_eval import chain_quotas
-from offline.rank.scoring import load_session, score_pairs
+from offline.rank.scoring import load_session, score_candidates
 
 USERS_PER_BATCH = 200  # users whose candidates are scored in one ONNX batch (bounds memory)
 
@@ -55,7 +54,7 @@ def streaming_report(paths: ArtifactPaths, settings: Settings, every: int = 1, k
     walks = holdout_walks(samples, every)
     variants = parse_variants(settings.experiment_variants)
     triggers, base_policy = chain.read_chain_parameters(*paths.chain_params_paths)
-    walker = _Walker(paths, chain_quotas(settings), triggers, k)
+    walker = _Walker(paths, settings.chain_quotas, triggers, k)
     report: dict[str, Any] = {"k": k, "every": every, "n_users": len(walks), "variants": [v.name for v in variants]}
     for mode in MODES:
         lists, targets, names = walker.walk(walks, mode == "live", variants, base_policy, settings.experiment_salt)
@@ -152,11 +151,10 @@ class _Walker:
     def _rank(self, targets: list[StreamTarget]) -> list[np.ndarray]:
         if not targets:
             return []
-        sizes = [len(t.candidates.items) for t in targets]
-        pair_users = np.repeat([t.userid for t in targets], sizes)
-        pair_items = np.concatenate([t.candidates.items for t in targets])
-        like = score_pairs(self.session, self.spec, self.user_features, self.item_features, pair_users, pair_items)
+        userids = np.array([t.userid for t in targets])
+        like = score_candidates(self.session, self.spec, self.user_features, self.item_features, userids,
+                                [t.candidates for t in targets])  # fmt: skip
         out = []
-        for t, probs in zip(targets, np.split(like, np.cumsum(sizes)[:-1]), strict=True):
+        for t, probs in zip(targets, like, strict=True):
             out.append(chain.rank_and_cut(t.candidates, chain.final_scores(t.candidates, probs, t.policy), self.k)[0])
         return out

@@ -18,8 +18,14 @@ Measured on ML-1M (see ``TrainConfig``): dense fields in the FM term, and the ML
 embeddings, both overfit the user ids; the defaults keep the FM to the sparse fields and feed the MLP the
 dense values and crosses only (the reference project found the same).
 
-``forward`` returns the probability of a like (rating > 3) as (batch, 1). The model is rebuilt from a
-``RankerConfig`` (saved as ``rank/model/model_args.json``), never guessed from a checkpoint.
+That logit is the like head: the probability that the user likes the item (rating > 3), trained on the
+rated items. When the dense inputs end with the candidate's recall evidence (``n_evidence`` fields,
+``chain.candidate_evidence``), a watch head reads the like head's inputs, its FM interaction vector
+(the shared embeddings), its logit and the evidence, and is trained on the recall candidates to predict
+what the user watches next (``offline/rank/candidates.py``). ``forward`` returns the served score as
+(batch, 1): ``p_watch * p_like ** like_weight`` with the weight selected on validation, or ``p_like``
+for a model without evidence. The model is rebuilt from a ``RankerConfig`` (saved as
+``rank/model/model_args.json``), never guessed from a checkpoint.
 """
 
 from __future__ import annotations
@@ -51,6 +57,14 @@ class RankerConfig:
     mlp_on_embeddings: bool = True  # the MLP reads the sparse embeddings as well as the dense values
     cross_user_fields: list[list[int]] = field(default_factory=list)  # groups of per-genre user dense fields
     cross_item_fields: list[int] = field(default_factory=list)  # the item's genre flag fields, same genre order
+    n_evidence: int = 0  # the last dense fields: the candidate's recall evidence (read by the watch head only)
+    watch_hidden_dims: list[int] = field(default_factory=list)
+    like_weight: float = 1.0  # served score = p_watch * p_like ** like_weight (selected on validation)
+
+    @property
+    def n_base_dense(self) -> int:
+        """Dense fields of the like head: the user's and the item's (the evidence follows them)."""
+        return self.n_dense - self.n_evidence
 
     @property
     def n_sparse(self) -> int:
@@ -71,6 +85,9 @@ class RankerConfig:
             mlp_on_embeddings=bool(raw["mlp_on_embeddings"]),
             cross_user_fields=[[int(j) for j in group] for group in raw["cross_user_fields"]],
             cross_item_fields=[int(j) for j in raw["cross_item_fields"]],
+            n_evidence=int(raw.get("n_evidence", 0)),
+            watch_hidden_dims=[int(h) for h in raw.get("watch_hidden_dims", [])],
+            like_weight=float(raw.get("like_weight", 1.0)),
         )
 
     @property
@@ -80,8 +97,10 @@ class RankerConfig:
     def check(self) -> None:
         """Raise ``ValueError`` on field indices that cannot fit the inputs."""
         fields = [j for group in self.cross_user_fields for j in group] + self.cross_item_fields + self.fm_dense_fields
-        if any(not 0 <= j < self.n_dense for j in fields):
-            raise ValueError(f"dense field indices must lie in [0, {self.n_dense})")
+        if not 0 <= self.n_evidence < self.n_dense:
+            raise ValueError(f"n_evidence must lie in [0, {self.n_dense})")
+        if any(not 0 <= j < self.n_base_dense for j in fields):
+            raise ValueError(f"dense field indices must lie in [0, {self.n_base_dense})")
         if any(len(group) != len(self.cross_item_fields) for group in self.cross_user_fields):
             raise ValueError("every cross_user_fields group needs one field per item genre flag")
 
@@ -109,10 +128,13 @@ class DeepFM(nn.Module):
         self.register_buffer(
             "cross_item_fields", torch.tensor(config.cross_item_fields, dtype=torch.int64), persistent=False
         )
-        n_values = config.n_dense + config.n_crosses
+        n_values = config.n_base_dense + config.n_crosses
         self.dense_linear = nn.Linear(n_values, 1)  # first-order weights of dense values and crosses + global bias
         n_mlp_inputs = n_values + (config.n_sparse * config.embed_dim if config.mlp_on_embeddings else 0)
         self.mlp = build_mlp(n_mlp_inputs, config.hidden_dims, config.dropout)
+        if config.n_evidence:  # inputs: the like head's values, the evidence, the FM vector, the like logit
+            n_watch_inputs = n_values + config.n_evidence + config.embed_dim + 1
+            self.watch_head = build_mlp(n_watch_inputs, config.watch_hidden_dims, 0.0)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -126,6 +148,18 @@ class DeepFM(nn.Module):
 
     def logits(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Log-odds of a like: (batch, 1) from sparse_ids (batch, n_sparse) and dense (batch, n_dense)."""
+        return self.like_parts(sparse_ids, dense)[0]
+
+    def watch_inputs(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """What the watch head reads: (batch, n_values + n_evidence + dim + 1)."""
+        like, interactions, values = self.like_parts(sparse_ids, dense)
+        evidence = dense[:, self.config.n_base_dense :]
+        return torch.cat([values, evidence, interactions, like], dim=1)
+
+    def like_parts(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The like logit (batch, 1), the FM interaction vector (batch, dim) and the dense values with the
+        genre crosses (batch, n_values)."""
+        dense = dense[:, : self.config.n_base_dense]
         rows = sparse_ids + self.offsets  # (batch, n_sparse)
         sparse_vectors = self.sparse_embedding(rows)  # (batch, n_sparse, dim)
         fields = sparse_vectors  # (batch, n_fields, dim)
@@ -137,12 +171,13 @@ class DeepFM(nn.Module):
         first_order = self.sparse_weight(rows).sum(dim=1) + self.dense_linear(values)  # (batch, 1)
         square_of_sum = fields.sum(dim=1).pow(2)  # (batch, dim)
         sum_of_squares = fields.pow(2).sum(dim=1)  # (batch, dim)
-        second_order = 0.5 * (square_of_sum - sum_of_squares).sum(dim=1, keepdim=True)  # (batch, 1)
+        interactions = 0.5 * (square_of_sum - sum_of_squares)  # (batch, dim)
+        second_order = interactions.sum(dim=1, keepdim=True)  # (batch, 1)
         mlp_input = (
             torch.cat([sparse_vectors.flatten(start_dim=1), values], dim=1) if self.config.mlp_on_embeddings else values
         )
         deep = self.mlp(mlp_input)  # (batch, 1)
-        return first_order + second_order + deep
+        return first_order + second_order + deep, interactions, values
 
     def genre_crosses(self, dense: torch.Tensor) -> torch.Tensor:
         """Mean user affinity over the item's genres, per affinity group: (batch, n_crosses)."""
@@ -161,7 +196,17 @@ class DeepFM(nn.Module):
         )
 
     def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(sparse_ids, dense))  # (batch, 1)
+        """The served score (batch, 1)."""
+        if not self.config.n_evidence:
+            return torch.sigmoid(self.logits(sparse_ids, dense))
+        inputs = self.watch_inputs(sparse_ids, dense)
+        return served_score(self.watch_head(inputs), inputs[:, -1:], self.config.like_weight)
+
+
+def served_score(watch_logit: torch.Tensor, like_logit: torch.Tensor, like_weight: float) -> torch.Tensor:
+    """``p_watch * p_like ** like_weight``, computed in log space."""
+    logsigmoid = nn.functional.logsigmoid
+    return torch.exp(logsigmoid(watch_logit) + like_weight * logsigmoid(like_logit))
 
 
 def build_mlp(n_inputs: int, hidden_dims: list[int], dropout: float) -> nn.Sequential:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from data_exchange_center import chain
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import ArtifactError
 from data_exchange_center.feature_spec import CategoricalField, DenseField, FeatureSpec, Source
@@ -193,13 +194,15 @@ def dense_field(name: str, source: Source, train_values: pd.Series, normalize: b
 
 
 def build_feature_spec(train: pd.DataFrame, users: pd.DataFrame, genres: list[str], dataset: str) -> FeatureSpec:
-    """The feature specification from training rows: user fields first, then item fields."""
+    """The feature specification from training rows: user fields first, then item fields, then the
+    candidate's recall evidence (computed per request, ``chain.candidate_evidence``)."""
     user_categorical = [S.USER_ID, *demographic_columns(users)]
     categorical = [categorical_field(c, "user", train[c]) for c in user_categorical]
     categorical.append(categorical_field(S.ITEM_ID, "item", train[S.ITEM_ID]))
     dense = [dense_field(c, "user", train[c], normalize=True) for c in standardized_user_columns(genres)]
     dense += [dense_field(c, "user", train[c], normalize=False) for c in all_affinity_columns(genres)]
     dense += [dense_field(S.genre_flag_column(g), "item", train[S.genre_flag_column(g)], False) for g in genres]
+    dense += [DenseField(name, "candidate", normalize=False) for name in chain.EVIDENCE_FIELDS]  # each in [0, 1]
     return FeatureSpec(dataset=dataset, categorical=categorical, dense=dense, genres=list(genres))
 
 

@@ -1,9 +1,13 @@
 """Stage rank/2: train the DeepFM ranker, select it on validation, score the test split once, export ONNX.
 
-Reads rank/feature_spec.json, rank/train.parquet and rank/test.parquet. The last 10% of each user's
-training impressions is the validation slice; early stopping on validation AUC selects the number of
-epochs, and the model is retrained on every training row for that many epochs (``--no-refit`` keeps the
-selected model instead). That model scores the test split once. Writes rank/model/model.pt (state dict),
+Reads rank/feature_spec.json, rank/train.parquet and rank/test.parquet. The like head learns on the
+rated items: the last 10% of each user's training impressions is the validation slice; early stopping
+on validation AUC selects the number of epochs, and the model is retrained on every training row for
+that many epochs (``--no-refit`` keeps the selected model instead). That model scores the test split
+once (the like AUC). When the feature spec carries the candidates' recall evidence, the watch head then
+learns on the recall candidates of the validation setup (offline/rank/candidates.py, watch.py: the
+recall stages' validation neighbours, item vectors and user tower), and the exported model serves
+``p_watch * p_like ** w``. Writes rank/model/model.pt (state dict),
 model_args.json (everything needed to rebuild the model), training_history.json, model.onnx (checked
 against PyTorch with ONNX Runtime on 1,000 test rows) and reference_scores.parquet (PyTorch scores of
 the first test rows, for the offline-to-online check).
@@ -14,6 +18,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,6 +26,7 @@ import pandas as pd
 import pyarrow
 import torch
 
+from data_exchange_center import chain
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import (
     ArtifactError,
@@ -33,11 +39,14 @@ from data_exchange_center.artifacts import (
 )
 from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.paths import ArtifactPaths
+from data_exchange_center.settings import load_settings
 from offline.common.dataset import dataset_name
 from offline.common.stage import add_config_arguments, config_from_args, run_stage, stage_parser
+from offline.rank.candidates import validation_candidates
 from offline.rank.deepfm import DeepFM, export_onnx
 from offline.rank.scoring import load_session, score_encoded
-from offline.rank.train import EncodedRows, TrainConfig, encode_rows, evaluate, predict_logits, train_ranker
+from offline.rank.train import EncodedRows, TrainConfig, encode_rows, evaluate, train_ranker
+from offline.rank.watch import WatchResult, train_watch_head
 
 log = logging.getLogger(__name__)
 N_REFERENCE_ROWS = 2_000
@@ -47,10 +56,11 @@ ONNX_TOLERANCE = 1e-5
 
 def model_train(paths: ArtifactPaths, config: TrainConfig) -> dict[str, float]:
     spec = FeatureSpec.load(paths.feature_spec_path)
-    train_columns = (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ, *spec.columns)
+    train_columns = (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ, *spec.row_columns)
     trained = train_ranker(spec, read_rows(paths.rank_train_path, train_columns), config)  # frees the frame
-    test = read_rows(paths.rank_test_path, (S.LABEL, *spec.columns))
-    test_rows = encode_rows(spec, test)
+    watch = train_watch(paths, trained.model, spec, config) if spec.n_evidence else None
+    test = read_rows(paths.rank_test_path, (S.LABEL, *spec.row_columns))
+    test_rows = encode_rows(spec, test, spec.reference_evidence(np.arange(len(test))))
     test_metrics = evaluate(trained.model, test_rows, config.eval_batch_size)  # the one look at the test split
     log.info("selected epoch %d (validation AUC %.4f)%s; test AUC %.4f", trained.selection.best_epoch,
              trained.selection.best_val_auc, ", refit on all training rows" if config.refit else "",
@@ -58,16 +68,30 @@ def model_train(paths: ArtifactPaths, config: TrainConfig) -> dict[str, float]:
     save_model(paths, trained.model, config, spec)
     write_json(trained.history_record(), paths.model_dir / "training_history.json")
     export_and_check(paths, trained.model, test_rows)
-    summary = {
+    summary: dict[str, Any] = {
         "test_auc": round(test_metrics["auc"], 6),
         "val_auc": round(trained.selection.best_val_auc, 6),
         "n_features": spec.n_features,
         "best_epoch": trained.selection.best_epoch,
-        "train_seconds": round(trained.train_seconds, 1),
+        "train_seconds": round(trained.train_seconds + (watch.train_seconds if watch else 0.0), 1),
     }
+    if watch is not None:
+        summary["watch"] = watch.summary()
+        write_json({"selection": watch.selection, **watch.summary()}, paths.model_dir / "watch_selection.json")
     write_metadata(paths.model_dir, "s2_model_train", summary, config=vars_of(config), dataset=dataset_name(paths))
     update_metrics(paths.metrics_path, {"rank": summary})
     return summary
+
+
+def train_watch(paths: ArtifactPaths, model: DeepFM, spec: FeatureSpec, config: TrainConfig) -> WatchResult:
+    """The watch head on the recall candidates of the validation setup (the recall stages' outputs)."""
+    samples = read_parquet(paths.samples_path, S.SAMPLES_COLUMNS)
+    settings = load_settings({"data_dir": paths.data_dir})
+    triggers, _ = chain.read_chain_parameters(*paths.chain_params_paths)
+    sets = validation_candidates(paths, samples, settings.chain_quotas, triggers)
+    del samples
+    item_features = read_parquet(paths.item_features_path, (S.ITEM_ID,))
+    return train_watch_head(model, sets, spec, item_features, config)
 
 
 def read_rows(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -97,10 +121,8 @@ def export_and_check(paths: ArtifactPaths, model: DeepFM, test_rows: EncodedRows
         raise ArtifactError(f"{paths.onnx_path} refers to external weight files; it must be one self-contained file")
     onnx.checker.check_model(proto, full_check=True)
     n = min(N_REFERENCE_ROWS, len(test_rows))
-    with torch.no_grad():
-        torch_scores = torch.sigmoid(
-            torch.from_numpy(predict_logits(model, test_rows.subset(np.arange(len(test_rows)) < n), 65_536))
-        ).numpy()
+    with torch.no_grad():  # the served score (with the reference evidence for a ranker that reads it)
+        torch_scores = model(test_rows.sparse[:n], test_rows.dense[:n])[:, 0].numpy()
     m = min(N_ONNX_CHECK_ROWS, n)
     sparse = test_rows.sparse[:m].numpy()
     dense = test_rows.dense[:m].numpy()

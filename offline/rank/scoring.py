@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from data_exchange_center import chain
 from data_exchange_center import model_signature as sig
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import ArtifactError
@@ -59,8 +60,10 @@ def score_pairs(
     userids: np.ndarray | pd.Series | list[int],
     itemids: np.ndarray | pd.Series | list[int],
     batch_size: int = SCORING_BATCH_SIZE,
+    evidence: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Probability of a like for each pair ``(userids[i], itemids[i])``: float32 (n,).
+    """The ranker's score of each pair ``(userids[i], itemids[i])``: float32 (n,); ``evidence`` (n, m) is
+    each pair's recall evidence (``chain.candidate_evidence``) for a ranker that reads it.
 
     ``model`` is an ONNX Runtime session, a model.onnx path or the model folder. User and item tables
     are encoded once with the spec; every id must have a row in its table (``ValueError`` otherwise).
@@ -76,11 +79,32 @@ def score_pairs(
     for start in range(0, len(user_rows), batch_size):
         users = user_rows[start : start + batch_size]
         items = item_rows[start : start + batch_size]
+        part = evidence[start : start + batch_size] if evidence is not None else None
         sparse, dense = combine_features(
-            (user_sparse[users], user_dense[users]), (item_sparse[items], item_dense[items])
+            (user_sparse[users], user_dense[users]), (item_sparse[items], item_dense[items]),
+            spec.evidence(part, len(users)),
         )
         scores[start : start + len(users)] = score_encoded(session, sparse, dense, batch_size)
     return scores
+
+
+def score_candidates(
+    model: str | Path | ort.InferenceSession,
+    spec: FeatureSpec,
+    user_features: pd.DataFrame,
+    item_features: pd.DataFrame,
+    userids: np.ndarray,
+    candidates: list[chain.Candidates],
+) -> list[np.ndarray]:
+    """The ranker's score of every candidate of every user (``userids[i]``'s ``candidates[i]``), with the
+    candidates' recall evidence, in one batch for all users: one (n_i,) array per user."""
+    sizes = [len(c.items) for c in candidates]
+    if not sum(sizes):
+        return [np.zeros(0, np.float32) for _ in candidates]
+    evidence = np.concatenate([chain.candidate_evidence(c) for c in candidates]) if spec.n_evidence else None
+    scores = score_pairs(model, spec, user_features, item_features, np.repeat(userids, sizes),
+                         np.concatenate([c.items for c in candidates]), evidence=evidence)  # fmt: skip
+    return np.split(scores, np.cumsum(sizes)[:-1])
 
 
 def _row_positions(table: pd.DataFrame, id_column: str, ids: np.ndarray, what: str) -> np.ndarray:

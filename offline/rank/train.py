@@ -53,8 +53,15 @@ class TrainConfig:
     n_threads: int = 1  # 2-core machine: 2 threads were 10% faster when idle, 5-20x slower when shared
     max_train_seconds: float = 300.0  # wall-time budget of the epoch loop; the best epoch so far is kept
     eval_batch_size: int = 65_536
+    # the watch head (offline/rank/watch.py), for a feature spec with the candidates' recall evidence
+    watch_hidden_dims: tuple[int, ...] = (64, 32)
+    watch_epochs: int = 8  # upper bound; the epoch and like weight are selected on held-out users' NDCG@50
+    watch_lr: float = 3e-3
+    watch_like_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)  # served = p_watch * p_like ** w
+    watch_max_users: int = 8_000  # candidate rows grow with the users: at most this many (half fit, half select)
 
     def ranker_config(self, spec: FeatureSpec) -> RankerConfig:
+        crosses = genre_cross_fields(spec) if self.genre_crosses else {}
         return RankerConfig(
             vocab_sizes=spec.vocab_sizes,
             n_dense=len(spec.dense),
@@ -63,7 +70,10 @@ class TrainConfig:
             dropout=self.dropout,
             fm_dense_fields=fm_dense_fields(spec, self.fm_dense),
             mlp_on_embeddings=self.mlp_on_embeddings,
-            **(genre_cross_fields(spec) if self.genre_crosses else {}),
+            n_evidence=spec.n_evidence,
+            watch_hidden_dims=list(self.watch_hidden_dims),
+            cross_user_fields=crosses.get("cross_user_fields", []),
+            cross_item_fields=crosses.get("cross_item_fields", []),
         )
 
 
@@ -122,9 +132,11 @@ class FitResult:
 
 
 # --- data ------------------------------------------------------------------------------------------
-def encode_rows(spec: FeatureSpec, rows: pd.DataFrame) -> EncodedRows:
-    """Encode feature rows exactly as serving does: ``encode_users`` + ``encode_items`` + ``combine_features``."""
-    sparse, dense = combine_features(spec.encode_users(rows), spec.encode_items(rows))
+def encode_rows(spec: FeatureSpec, rows: pd.DataFrame, evidence: np.ndarray | None = None) -> EncodedRows:
+    """Encode feature rows exactly as serving does: ``encode_users`` + ``encode_items`` + ``combine_features``;
+    ``evidence`` is the rows' recall evidence (zeros when None: rated items were not recalled)."""
+    evidence = spec.evidence(evidence, len(rows))
+    sparse, dense = combine_features(spec.encode_users(rows), spec.encode_items(rows), evidence)
     labels = rows[S.LABEL].to_numpy(dtype=np.float32)
     return EncodedRows(
         torch.from_numpy(sparse), torch.from_numpy(np.ascontiguousarray(dense)), torch.from_numpy(labels)

@@ -66,7 +66,7 @@ class BackendResult:
 def load_check_rows(paths: ArtifactPaths, spec: FeatureSpec, n_rows: int = MIN_ROWS) -> CheckRows:
     """The first ``n_rows`` reference rows (all of them when the test split is smaller), encoded."""
     reference = read_parquet(paths.reference_scores_path, (REFERENCE_ROW, S.SCORE))
-    test = read_parquet(paths.rank_test_path, tuple(spec.columns))
+    test = read_parquet(paths.rank_test_path, tuple(spec.row_columns))
     wanted = min(n_rows, len(test))
     if len(reference) < wanted:
         raise ArtifactError(
@@ -78,7 +78,8 @@ def load_check_rows(paths: ArtifactPaths, spec: FeatureSpec, n_rows: int = MIN_R
     if positions.min(initial=0) < 0 or positions.max(initial=0) >= len(test):
         raise ArtifactError(f"{paths.reference_scores_path} names rows outside rank/test.parquet ({len(test)} rows)")
     rows = test.iloc[positions].reset_index(drop=True)
-    sparse, dense = combine_features(spec.encode_users(rows), spec.encode_items(rows))
+    evidence = spec.reference_evidence(positions)
+    sparse, dense = combine_features(spec.encode_users(rows), spec.encode_items(rows), evidence)
     return CheckRows(sparse, dense, reference[S.SCORE].to_numpy(np.float32))
 
 

@@ -109,6 +109,7 @@ class ItemIndexProvider(Lifecycle, Protocol):
 
 class FeatureSnapshot(Protocol):
     version: str
+    n_evidence: int  # the spec's recall-evidence fields, which end the ranker's dense inputs
 
     def item_rows(self, items: np.ndarray) -> Encoded:
         """Encoded features of ``items`` (n,) from the per-version cache; unknown items get defaults."""

@@ -24,7 +24,7 @@ from data_exchange_center.item_index import Ranked
 from data_exchange_center.online_layout import check_chain_parameters
 from data_exchange_center.settings import Settings
 from online.backends.base import IndexSnapshot, ReadyStatus
-from online.backends.local_index import chain_params, chain_quotas
+from online.backends.local_index import chain_params
 from online.backends.versions import Refreshing
 
 
@@ -132,7 +132,7 @@ class EsItemIndex:
         self.server = settings.es_url  # the server this role calls (roles on one server fail together)
         self.alias = settings.es_index_alias
         self.timeout_s = settings.backend_timeout_ms / 1000
-        self.quotas = chain_quotas(settings)
+        self.quotas = settings.chain_quotas
         self.snapshot: Refreshing[IndexSnapshot] = Refreshing("item_index", self._probe, self._snapshot_of)
 
     def _probe(self) -> str | None:

@@ -23,15 +23,6 @@ from online.backends.versions import Refreshing
 log = logging.getLogger("recsys.online.index")
 
 
-def chain_quotas(settings: Settings) -> dict[str, int]:
-    return {
-        "i2i": settings.i2i_quota,
-        "vector": settings.vector_quota,
-        "term": settings.term_quota,
-        "popularity": settings.popularity_quota,
-    }
-
-
 def chain_params(chain: dict[str, int | float], quotas: dict[str, int]) -> ChainParams:
     """``ChainParams`` from published chain parameters (``online_layout.check_chain_parameters``)."""
     return ChainParams(quotas, TriggerPolicy.from_dict(dict(chain)), RankingPolicy.from_dict(dict(chain)))
@@ -51,7 +42,7 @@ class LocalItemIndex:
     name = "embedded"
 
     def __init__(self, settings: Settings) -> None:
-        quotas = chain_quotas(settings)
+        quotas = settings.chain_quotas
         store_dir = L.items_store_dir(settings.paths)
         self.snapshot: Refreshing[IndexSnapshot] = Refreshing(
             "item_index",

@@ -131,7 +131,7 @@ def _reason_schema() -> dict[str, Any]:
             "contribution": number | {"description": "this item's share of the item-to-item score"},
         },
     }
-    parts = ("i2i_score", "watch", "channel_prior", "prior_weight", "like", "like_weight", "final")
+    parts = ("i2i_score", "watch", "channel_prior", "prior_weight", "like", "like_weight", "ranker", "final")
     return {
         "type": "object",
         "required": ["channel", "rank_in_channel", "evidence", "score_parts", "summary"],
@@ -153,10 +153,12 @@ def _reason_schema() -> dict[str, Any]:
             },
             "score_parts": {
                 "type": "object",
-                "required": list(parts),
+                "required": ["i2i_score", "final"],
                 "properties": {p: number for p in parts},
-                "description": "final = (watch + prior_weight * channel_prior) * like ** like_weight; watch = "
-                "i2i_score / the best i2i_score among the candidates; the triggers' contributions add up to i2i_score",
+                "description": "a ranker trained on the recall candidates (its output, p_watch * p_like ** w, is the "
+                "score): i2i_score, ranker, final = ranker. Otherwise the blend: final = (watch + prior_weight * "
+                "channel_prior) * like ** like_weight; watch = i2i_score / the best i2i_score among the candidates. "
+                "The triggers' contributions add up to i2i_score",
             },
             "summary": {"type": "string"},
         },

@@ -155,13 +155,13 @@ class Recommender:
         req = _Request(userid, size, deadline, variant=self.experiments.variant_of(userid))
         user = req.timed("fetch_user_profile", lambda: self.fetch_user_profile(req))
         candidates, params = req.timed("recall_candidates", lambda: self.recall_candidates(req, user))
-        features = req.timed("fetch_features", lambda: self.fetch_features(req, candidates.items))
+        features = req.timed("fetch_features", lambda: self.fetch_features(req, candidates))
         like = req.timed("score", lambda: self.score(req, features))
-        items, scores = req.timed("rank_and_filter", lambda: self.rank_and_filter(req, candidates, like, params))
+        policy = self.policy_of(req, params)
+        items, scores = req.timed("rank_and_filter", lambda: self.rank_and_filter(req, candidates, like, policy))
         reasons = None
         if explain_with is not None:
             state = user if user is not None else chain.UserState.unknown()
-            policy = req.variant.policy(params)  # the policy the list was ranked with
             reasons = req.timed(
                 "explain", lambda: self.explain_items(req, state, candidates, like, policy, items, explain_with)
             )
@@ -273,8 +273,9 @@ class Recommender:
         triggers = snapshot.params.triggers
         return dataclasses.replace(triggers, max_triggers=req.variant.max_triggers(triggers.max_triggers))
 
-    def fetch_features(self, req: _Request, items: np.ndarray) -> Encoded:
-        """Model inputs: the user's row broadcast over the candidates' cached item rows."""
+    def fetch_features(self, req: _Request, candidates: chain.Candidates) -> Encoded:
+        """Model inputs: the user's row broadcast over the candidates' cached item rows, then each
+        candidate's recall evidence when the ranker reads it."""
         store, fallback = self.backends.features, self.backends.features_fallback
         snapshot: FeatureSnapshot | None = None
         try:
@@ -286,7 +287,8 @@ class Recommender:
             req.degraded.append("features")
             user_part, snapshot = self._fallback_user_row(snapshot, req.userid)
         req.versions["features"] = snapshot.version
-        return combine_features(user_part, snapshot.item_rows(items))
+        evidence = chain.candidate_evidence(candidates) if snapshot.n_evidence else None
+        return combine_features(user_part, snapshot.item_rows(candidates.items), evidence)
 
     def _fallback_user_row(self, snapshot: FeatureSnapshot | None, userid: int) -> tuple[Encoded, FeatureSnapshot]:
         """The primary's cached row, else the fallback store's row (its items too when the primary has none)."""
@@ -302,7 +304,8 @@ class Recommender:
         return row, snapshot if snapshot is not None else fallback_snapshot
 
     def score(self, req: _Request, features: Encoded) -> np.ndarray:
-        """The ranker's like probability per candidate; the recall order (all 1) when no model answers."""
+        """The ranker's output per candidate (a like probability, or the served score of a ranker that
+        reads the recall evidence); the recall order (all 1) when no model answers."""
         sparse, dense = features
         version: str | None
         try:
@@ -324,11 +327,20 @@ class Recommender:
                 self.metrics.backend_errors.labels(fallback.name).inc()
         return np.ones(len(sparse), np.float32), None
 
+    @staticmethod
+    def policy_of(req: _Request, params: chain.RankingPolicy) -> chain.RankingPolicy:
+        """The policy this request ranks with: its variant's; when no model scored and the published
+        policy takes the ranker's output as the final score, the recall evidence alone (like = 1)."""
+        policy = req.variant.policy(params)
+        if policy.ranker_final and req.versions.get("model") is None:
+            return dataclasses.replace(policy, ranker_final=0, like_weight=0.0)
+        return policy
+
     def rank_and_filter(
         self, req: _Request, candidates: chain.Candidates, like: np.ndarray, policy: chain.RankingPolicy
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Final scores (watch x like), the ``size`` best."""
-        scores = chain.final_scores(candidates, like, req.variant.policy(policy))
+        """Final scores (``chain.final_scores`` with the request's policy), the ``size`` best."""
+        scores = chain.final_scores(candidates, like, policy)
         return chain.rank_and_cut(candidates, scores, req.size)
 
     def explain_items(

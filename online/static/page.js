@@ -77,7 +77,9 @@ function reasonCell(reason) {
   if (!reason) return cell;
   cell.append(el("div", reason.summary));
   const p = reason.score_parts;
-  const parts = "watch " + num(p.watch, 3) + " + " + p.prior_weight + "\u00d7prior " + num(p.channel_prior, 3) +
+  const parts = p.ranker !== undefined
+    ? "ranker (p_watch \u00d7 p_like^w, read from the recall evidence) " + num(p.ranker, 4)
+    : "watch " + num(p.watch, 3) + " + " + p.prior_weight + "\u00d7prior " + num(p.channel_prior, 3) +
     ", \u00d7 like " + num(p.like, 3) + (p.like_weight === 1 ? "" : "^" + p.like_weight) + " = " + num(p.final, 4);
   cell.append(el("div", parts, "parts"));
   return cell;

@@ -10,18 +10,25 @@ import numpy as np
 import pytest
 import torch
 
+from data_exchange_center import chain
 from data_exchange_center.artifacts import read_json, read_parquet
 from data_exchange_center.feature_spec import FeatureSpec, combine_features
 from data_exchange_center.paths import ArtifactPaths
+from data_exchange_center.settings import load_settings
+from data_exchange_center.topk_metrics import topk_metrics
 from offline.preprocess.fetch import fetch_dataset
 from offline.preprocess.s1_data_split import data_split
 from offline.preprocess.s2_term_trans import term_trans
 from offline.preprocess.synthetic import SyntheticConfig
+from offline.rank.candidates import is_fit_user, validation_candidates
 from offline.rank.deepfm import export_onnx, load_ranker
 from offline.rank.s1_feature_engi import feature_engi
 from offline.rank.s2_model_train import model_train
 from offline.rank.scoring import score_pairs
 from offline.rank.train import TrainConfig, TrainedRanker, encode_rows, train_ranker
+from offline.recall.item_to_item import ItemToItemConfig
+from offline.recall.s1_term_recall import term_recall
+from offline.recall.s3_item_to_item import item_to_item
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +42,8 @@ def synthetic_paths(tmp_path_factory: pytest.TempPathFactory) -> ArtifactPaths:
     fetch_dataset("synthetic", paths, synthetic=SyntheticConfig(n_users=300, n_items=200, n_ratings=20_000))
     data_split(paths)
     term_trans(paths)
+    term_recall(paths)  # the popularity and seen tables the candidates' index reads
+    item_to_item(paths, ItemToItemConfig(n_neighbors=50))  # the validation neighbours of the candidates
     feature_engi(paths)
     return paths
 
@@ -70,7 +79,8 @@ def test_scoring_pairs_with_onnx_equals_pytorch(
     )
     user_rows = users.set_index("userid").loc[userids].reset_index()
     item_rows = items.set_index("itemid").loc[itemids].reset_index()
-    sparse, dense = combine_features(spec.encode_users(user_rows), spec.encode_items(item_rows))
+    evidence = spec.evidence(None, 500)  # pairs outside the chain: no recall evidence
+    sparse, dense = combine_features(spec.encode_users(user_rows), spec.encode_items(item_rows), evidence)
     expected = model(torch.from_numpy(sparse), torch.from_numpy(dense)).detach().numpy()[:, 0]
     np.testing.assert_allclose(scores, expected, atol=1e-6)
     with pytest.raises(ValueError, match="no feature row"):
@@ -89,7 +99,8 @@ def test_stage_writes_the_model_artifacts(synthetic_paths: ArtifactPaths) -> Non
     model = load_ranker(synthetic_paths.model_args_path, synthetic_paths.model_weights_path)
     reference = read_parquet(model_dir / "reference_scores.parquet")
     test = read_parquet(synthetic_paths.rank_test_path)
-    rows = encode_rows(spec, test.iloc[reference["row"].to_numpy()])
+    positions = reference["row"].to_numpy()
+    rows = encode_rows(spec, test.iloc[positions], spec.reference_evidence(positions))
     expected = model(rows.sparse, rows.dense).detach().numpy()[:, 0]
     np.testing.assert_allclose(reference["score"].to_numpy(), expected, atol=1e-6)
     metrics = read_json(synthetic_paths.metrics_path)["rank"]
@@ -97,3 +108,34 @@ def test_stage_writes_the_model_artifacts(synthetic_paths: ArtifactPaths) -> Non
     assert set(metrics) >= {"test_auc", "val_auc", "n_features", "best_epoch", "train_seconds"}
     history = read_json(model_dir / "training_history.json")
     assert len(history["epochs"]) >= history["best_epoch"] >= 1
+
+
+def test_the_watch_head_learns_on_the_recall_candidates(synthetic_paths: ArtifactPaths) -> None:
+    """The stage trains the watch head on the validation setup's candidates: the served score reads their
+    evidence, and it ranks the held-out users' candidates far better than chance."""
+    model_train(synthetic_paths, dataclasses.replace(FAST, epochs=2, watch_epochs=3))
+    spec = FeatureSpec.load(synthetic_paths.feature_spec_path)
+    model = load_ranker(synthetic_paths.model_args_path, synthetic_paths.model_weights_path)
+    assert spec.n_evidence == len(chain.EVIDENCE_FIELDS) == model.config.n_evidence
+    watch = read_json(synthetic_paths.metrics_path)["rank"]["watch"]
+    assert watch["like_weight"] == model.config.like_weight and watch["like_weight"] in FAST.watch_like_weights
+    assert watch["n_fit_users"] > 50 and watch["n_selection_users"] > 50
+    selection = read_json(synthetic_paths.model_dir / "watch_selection.json")["selection"]
+    assert max(r["ndcg"] for r in selection) == watch["selection_ndcg"]
+    # chance: the same held-out users' candidates in a random order
+    samples = read_parquet(synthetic_paths.samples_path)
+    triggers, _ = chain.read_chain_parameters(*synthetic_paths.chain_params_paths)
+    sets = validation_candidates(synthetic_paths, samples, load_settings({}).chain_quotas, triggers)
+    held_out = sets.subset(~is_fit_user(sets.target_users))
+    rng = np.random.default_rng(0)
+    shuffled = [c.items[rng.permutation(len(c.items))][:50] for c in held_out.candidates]
+    chance = topk_metrics(shuffled, held_out.relevant, 50)["ndcg"]
+    assert watch["selection_ndcg"] > 1.5 * chance
+    # the served score reads the evidence: the candidates' scores change with it
+    item_features = read_parquet(synthetic_paths.item_features_path)
+    sparse, dense = held_out.subset(np.arange(len(held_out.target_users)) < 5).encode(spec, item_features)
+    changed = dense.copy()
+    changed[:, -spec.n_evidence :] = 0.0
+    with torch.no_grad():
+        assert not torch.allclose(model(torch.from_numpy(sparse), torch.from_numpy(changed)),
+                                  model(torch.from_numpy(sparse), torch.from_numpy(dense)))  # fmt: skip

@@ -193,3 +193,44 @@ def test_lookup_scores_equal_brute_force() -> None:
     got = chain.lookup_scores(hits, scores, items)
     expected = [scores[list(hits).index(i)] if i in hits else np.nan for i in items]
     np.testing.assert_array_equal(got, np.array(expected, dtype=np.float32))
+
+
+def test_candidate_evidence_golden_values() -> None:
+    candidates = chain.Candidates(
+        items=np.array([1, 2, 3, 4]),
+        i2i_score=np.array([2.0, 1.0, 0.0, 0.0], dtype=np.float32),
+        channel=np.array(["i2i", "i2i", "vector", "popularity"], dtype=object),
+        rank_in_channel=np.array([0, 1, 0, 3]),
+        vector_score=np.array([np.nan, 0.0, np.log(4.0), np.nan], dtype=np.float32),
+    )
+    evidence = chain.candidate_evidence(candidates)
+    assert evidence.shape == (4, len(chain.EVIDENCE_FIELDS)) and evidence.dtype == np.float32
+    column = {name: evidence[:, j] for j, name in enumerate(chain.EVIDENCE_FIELDS)}
+    np.testing.assert_allclose(column["ev_i2i_relative"], [1.0, 0.5, 0.0, 0.0])
+    np.testing.assert_allclose(column["ev_i2i_log"], np.log1p([2.0, 1.0, 0.0, 0.0]), rtol=1e-6)
+    np.testing.assert_allclose(column["ev_vector_relative"], [0.0, 0.25, 1.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(column["ev_vector_gap"], [1.0, np.log(4.0) / 10, 0.0, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(column["ev_vector_hit"], [0, 1, 1, 0])
+    np.testing.assert_allclose(column["ev_channel_prior"], [1.0, 0.5, 1.0, 0.25])
+    np.testing.assert_allclose(column["ev_channel_rank_log"], np.log1p([0, 1, 0, 3]) / 6, rtol=1e-6)
+    np.testing.assert_array_equal(column["ev_channel_i2i"], [1, 1, 0, 0])
+    np.testing.assert_array_equal(column["ev_channel_popularity"], [0, 0, 0, 1])
+    empty = chain.merge_candidates({}, np.zeros(0, np.int64), np.zeros(0, np.float32))
+    assert chain.candidate_evidence(empty).shape == (0, len(chain.EVIDENCE_FIELDS))
+
+
+def test_a_ranker_final_policy_serves_the_rankers_output(tmp_path: Path) -> None:
+    candidates = chain.Candidates(
+        items=np.array([1, 2, 3]),
+        i2i_score=np.array([2.0, 1.0, 0.0], dtype=np.float32),
+        channel=np.array(["i2i", "i2i", "vector"], dtype=object),
+        rank_in_channel=np.array([0, 1, 0]),
+        vector_score=np.array([np.nan, 0.0, 1.0], dtype=np.float32),
+    )
+    policy = chain.RankingPolicy(ranker_final=1)
+    scores = np.array([0.1, 0.7, 0.3], dtype=np.float32)
+    np.testing.assert_array_equal(chain.final_scores(candidates, scores, policy), scores)
+    assert chain.rank_and_cut(candidates, chain.final_scores(candidates, scores, policy), 2)[0].tolist() == [2, 3]
+    write_json(policy.to_dict(), tmp_path / "policy.json")
+    _, read = chain.read_chain_parameters(tmp_path / "i2i.json", tmp_path / "policy.json")
+    assert read == policy and isinstance(read.ranker_final, int)

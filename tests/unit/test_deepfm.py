@@ -123,3 +123,48 @@ def test_onnx_export_equals_pytorch_for_any_batch_size(tmp_path: Path) -> None:
         sparse, dense = random_inputs(CONFIG, n, seed=n)
         expected = model(sparse, dense).detach().numpy()[:, 0]
         np.testing.assert_allclose(score_encoded(session, sparse.numpy(), dense.numpy()), expected, atol=1e-6)
+
+
+# --- the watch head over the candidates' recall evidence ----------------------------------------
+WATCH_CONFIG = dataclasses.replace(CONFIG, n_dense=CONFIG.n_dense + 3, n_evidence=3, watch_hidden_dims=[6],
+                                   like_weight=0.5)  # fmt: skip
+
+
+def test_the_served_score_is_p_watch_times_p_like_to_the_like_weight() -> None:
+    model = trained_model(WATCH_CONFIG)
+    sparse, dense = random_inputs(WATCH_CONFIG, 40)
+    with torch.no_grad():
+        like = torch.sigmoid(model.logits(sparse, dense))[:, 0].numpy()
+        watch = torch.sigmoid(model.watch_head(model.watch_inputs(sparse, dense)))[:, 0].numpy()
+        served = model(sparse, dense)[:, 0].numpy()
+    np.testing.assert_allclose(served, watch * like**0.5, rtol=1e-5)
+    # the like head never reads the evidence; the watch head does
+    changed = dense.clone()
+    changed[:, -3:] = torch.rand(40, 3)
+    with torch.no_grad():
+        assert torch.equal(model.logits(sparse, changed), model.logits(sparse, dense))
+        assert not torch.allclose(model(sparse, changed), model(sparse, dense))
+    # the like head of the evidence model is the model without evidence, fed the same user and item values
+    plain = DeepFM(CONFIG)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("watch_head")})
+    plain.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(plain(sparse, dense[:, : CONFIG.n_dense])[:, 0].numpy(), like, atol=1e-6)
+
+
+def test_the_watch_model_exports_to_onnx_with_the_same_signature(tmp_path: Path) -> None:
+    model = trained_model(WATCH_CONFIG)
+    path = export_onnx(model, tmp_path / "model.onnx")
+    session = load_session(path)
+    sparse, dense = random_inputs(WATCH_CONFIG, 25, seed=3)
+    expected = model(sparse, dense).detach().numpy()[:, 0]
+    np.testing.assert_allclose(score_encoded(session, sparse.numpy(), dense.numpy()), expected, atol=1e-6)
+    raw = model.config.to_dict()
+    assert RankerConfig.from_dict(raw) == model.config
+    assert RankerConfig.from_dict({k: v for k, v in raw.items() if k not in ("n_evidence", "watch_hidden_dims",
+                                   "like_weight")}).n_evidence == 0  # fmt: skip  (args written before the head)
+
+
+def test_evidence_fields_must_leave_room_for_the_crosses() -> None:
+    with pytest.raises(ValueError, match="dense field indices"):
+        DeepFM(dataclasses.replace(CONFIG, n_evidence=2))  # the crosses read fields 5 and 6, now evidence

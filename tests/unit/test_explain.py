@@ -98,6 +98,28 @@ def test_score_parts_multiply_to_the_final_score() -> None:
     np.testing.assert_allclose(rebuilt, parts["final"], rtol=1e-6)
 
 
+def test_a_ranker_final_score_is_explained_as_the_rankers_output() -> None:
+    index = small_index()
+    user = chain.UserState(["Sci-Fi"], np.array([0.0, 1.0], np.float32), np.array([1, 2]), np.array([1, 0], np.int8))
+    policy = chain.RankingPolicy(ranker_final=1)
+    results, i2i_all = chain.recall_channels(index, user, {"i2i": 5, "vector": 2, "term": 5, "popularity": 5}, 20)
+    candidates = chain.merge_candidates(results, *i2i_all)
+    ranker = np.linspace(0.2, 0.6, len(candidates.items)).astype(np.float32)
+    items, served = chain.rank_and_cut(candidates, chain.final_scores(candidates, ranker, policy), 3)
+    triggers = explain.i2i_triggers(user, 20)
+    nbr, nbr_w = index.neighbors_of(triggers[0])
+    contributions = explain.trigger_contributions(nbr, nbr_w, triggers[1], items)
+    catalog = ItemCatalog.from_frame(
+        build_catalog(pd.DataFrame({S.ITEM_ID: index.item_ids, S.TITLE: [f"Film {i} (2000)" for i in range(1, 7)],
+                                    S.GENRES: [[] for _ in range(6)]}))
+    )  # fmt: skip
+    parts = explain.score_parts(candidates, ranker, policy)
+    reasons = explain.explain_items(items, user, candidates, results, parts, contributions, triggers, catalog, policy)
+    for reason, score in zip(reasons, served.tolist(), strict=True):
+        assert set(reason["score_parts"]) == {"i2i_score", "ranker", "final"}
+        assert reason["score_parts"]["ranker"] == reason["score_parts"]["final"] == pytest.approx(score, abs=1e-6)
+
+
 def small_index() -> ItemIndex:
     """Six items; 1 and 2 are neighbours of 3 and 4; vectors favour 5."""
     item_ids = np.arange(1, 7, dtype=np.int64)

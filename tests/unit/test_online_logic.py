@@ -388,3 +388,16 @@ def test_the_breaker_reports_opening_and_closing() -> None:
     assert breaker.allow()
     breaker.record_success()
     assert states == [True, False]
+
+
+def test_without_a_model_score_a_ranker_final_policy_falls_back_to_the_recall_evidence() -> None:
+    from online.service.recommender import Recommender, _Request
+
+    published = chain.RankingPolicy(ranker_final=1, prior_weight=0.01)
+    scored = _Request(1, 10, Deadline(0.2), versions={"model": "ml_rec/3"})
+    assert Recommender.policy_of(scored, published) == published
+    unscored = _Request(1, 10, Deadline(0.2), versions={"model": None})  # no scorer answered: like = 1
+    fallback = Recommender.policy_of(unscored, published)
+    assert fallback.ranker_final == 0 and fallback.like_weight == 0.0 and fallback.prior_weight == 0.01
+    blend = chain.RankingPolicy()
+    assert Recommender.policy_of(unscored, blend) == blend

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from data_exchange_center import chain
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import ArtifactError
 from data_exchange_center.feature_spec import FeatureSpec
@@ -85,8 +86,10 @@ def test_spec_layout_vocabularies_and_statistics_golden() -> None:
     assert spec.columns[:5] == [S.USER_ID, S.GENDER, S.AGE, S.OCCUPATION, S.ITEM_ID]
     assert [f.source for f in spec.categorical] == ["user"] * 4 + ["item"]
     assert spec.columns[5:11] == ["imp_action", "imp_comedy", "imp_drama", "clk_action", "clk_comedy", "clk_drama"]
-    assert spec.columns[-3:] == ["genre_action", "genre_comedy", "genre_drama"]
-    assert spec.n_features == 5 + 6 + 3 + 2 * len(RECENT_WINDOWS) + 3 * 3 + 3
+    assert spec.row_columns[-3:] == ["genre_action", "genre_comedy", "genre_drama"]
+    assert spec.columns[-len(chain.EVIDENCE_FIELDS) :] == list(chain.EVIDENCE_FIELDS)  # the evidence ends the inputs
+    assert spec.n_evidence == len(chain.EVIDENCE_FIELDS)
+    assert spec.n_features == 5 + 6 + 3 + 2 * len(RECENT_WINDOWS) + 3 * 3 + 3 + len(chain.EVIDENCE_FIELDS)
     vocab = {f.name: f.vocab for f in spec.categorical}
     assert vocab == {
         S.USER_ID: [1, 2],
