@@ -1,7 +1,8 @@
 """Experiments: variants assigned by a stable hash of the user id, with configured weights.
 
 A variant changes how the chain ranks for its users: the ranking policy (``like_weight``,
-``prior_weight``), the number of item-to-item triggers (``max_triggers``) or whether live events are
+``prior_weight``, ``ranker_final``: 0 ranks by the recall evidence blend instead of the ranker's output,
+e.g. ``no_ranker:1:ranker_final=0:like_weight=0``), the number of item-to-item triggers (``max_triggers``) or whether live events are
 applied (``live_events``). ``Settings.experiment_variants`` lists them as
 ``name:weight[:key=value...]`` separated by commas, e.g. ``control:1,no_events:1:live_events=0``.
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from data_exchange_center.chain import RankingPolicy
 
 DEFAULT_VARIANT = "default"
-OVERRIDE_KEYS = ("like_weight", "prior_weight", "max_triggers", "live_events")
+OVERRIDE_KEYS = ("like_weight", "prior_weight", "ranker_final", "max_triggers", "live_events")
 
 
 class ExperimentConfigError(ValueError):
@@ -35,7 +36,8 @@ class Variant:
     def policy(self, base: RankingPolicy) -> RankingPolicy:
         like_weight = self.overrides.get("like_weight", base.like_weight)
         prior_weight = self.overrides.get("prior_weight", base.prior_weight)
-        return replace(base, like_weight=like_weight, prior_weight=prior_weight)
+        ranker_final = int(self.overrides.get("ranker_final", base.ranker_final))
+        return replace(base, like_weight=like_weight, prior_weight=prior_weight, ranker_final=ranker_final)
 
     def max_triggers(self, base: int) -> int:
         return int(self.overrides.get("max_triggers", base))

@@ -29,17 +29,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ValidationRun:
-    """The chain on the validation setup: per target user, each channel's list, the merged candidates and
-    the ranker's score of every candidate. For a ranker that reads the recall evidence, only the users
-    that did not fit its watch head (``is_fit_user``)."""
+    """The chain on the validation setup (``CandidateSets``: per target user, each channel's list and the
+    merged candidates) and the ranker's score of every candidate. For a ranker that reads the recall
+    evidence, only the users that did not fit its watch head (``is_fit_user``)."""
 
-    target_users: np.ndarray
-    relevant: list[np.ndarray]
-    channel_lists: dict[str, list[np.ndarray]]
-    candidates: list[chain.Candidates]
+    sets: CandidateSets
     like: list[np.ndarray]  # the ranker's output per candidate (a like probability, or the served score)
     ranker_final: bool = False  # the ranker read the evidence: its output is the final score
-    sets: CandidateSets | None = None
+
+    @property
+    def relevant(self) -> list[np.ndarray]:
+        return self.sets.relevant
+
+    @property
+    def channel_lists(self) -> dict[str, list[np.ndarray]]:
+        return self.sets.channel_lists
+
+    @property
+    def candidates(self) -> list[chain.Candidates]:
+        return self.sets.candidates
 
 
 def run_validation_chain(
@@ -53,8 +61,7 @@ def run_validation_chain(
     item_features = read_parquet(paths.item_features_path, (S.ITEM_ID,))
     like = score_candidates(load_session(paths.onnx_path), spec, sets.user_features, item_features,
                             sets.target_users, sets.candidates)  # fmt: skip
-    return ValidationRun(sets.target_users, sets.relevant, sets.channel_lists, sets.candidates, like,
-                         bool(spec.n_evidence), sets)  # fmt: skip
+    return ValidationRun(sets, like, bool(spec.n_evidence))
 
 
 def rank_lists(
@@ -95,7 +102,7 @@ def permutation_importance(
     the evidence, each group of its inputs (``ranker_importance``); otherwise each input of the blend,
     among each user's candidates: the item-to-item evidence, the vector evidence, the ranker's like
     probability, the channel prior (the rank in the proposing channel)."""
-    if run.ranker_final and run.sets is not None:
+    if run.ranker_final:
         return ranker_importance(paths, run.sets, policy, k, seed)
     rng = np.random.default_rng(seed)
 

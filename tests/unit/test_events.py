@@ -119,6 +119,9 @@ def test_variants_parse_and_override_the_policy() -> None:
     assert variants[1].policy(base) == RankingPolicy(like_weight=2.0, prior_weight=0.01)
     assert variants[1].max_triggers(20) == 5 and not variants[1].live_events
     assert [v.name for v in parse_variants("")] == ["default"]
+    no_ranker = parse_variants("no_ranker:1:ranker_final=0:like_weight=0")[0]  # the recall evidence blend
+    served = RankingPolicy(ranker_final=1)
+    assert no_ranker.policy(served) == RankingPolicy(like_weight=0.0, ranker_final=0)
 
 
 @pytest.mark.parametrize("spec", ["a", "a:x", "a:1,a:1", "a:1:colour=3", "a:0", ":1"])

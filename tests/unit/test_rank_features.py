@@ -244,3 +244,16 @@ def test_refuses_inputs_that_do_not_fit_together() -> None:
         build_ranking_tables(samples, pit, profiles, USERS.iloc[:1], ITEMS, "tiny")
     with pytest.raises(ArtifactError, match="duplicate"):
         build_ranking_tables(samples, pit, profiles, pd.concat([USERS, USERS]), ITEMS, "tiny")
+
+
+def test_the_importance_groups_cover_every_ranker_input_once() -> None:
+    from offline.evaluate.validation import input_groups
+
+    spec = build().spec
+    groups = input_groups(spec)
+    sparse = sorted(j for cols in groups.values() for j in cols[0])
+    dense = sorted(j for cols in groups.values() for j in cols[1])
+    assert sparse == list(range(len(spec.categorical))) and dense == list(range(len(spec.dense)))
+    assert {"user_id", "item_id", "evidence_i2i", "evidence_vector", "evidence_channel"} <= set(groups)
+    evidence = [spec.dense[j].name for j in groups["evidence_vector"][1]]
+    assert evidence == [n for n in chain.EVIDENCE_FIELDS if n.startswith("ev_vector")]
