@@ -2,8 +2,8 @@
 
 A variant changes how the chain ranks for its users: the ranking policy (``like_weight``,
 ``prior_weight``, ``ranker_final``: 0 ranks by the recall evidence blend instead of the ranker's output,
-e.g. ``no_ranker:1:ranker_final=0:like_weight=0``), the number of item-to-item triggers (``max_triggers``) or whether live events are
-applied (``live_events``). ``Settings.experiment_variants`` lists them as
+e.g. ``no_ranker:1:ranker_final=0:like_weight=0``), the number of item-to-item triggers
+(``max_triggers``) or whether live events are applied (``live_events``). ``Settings.experiment_variants`` lists them as
 ``name:weight[:key=value...]`` separated by commas, e.g. ``control:1,no_events:1:live_events=0``.
 
 Assignment: ``sha256(salt + ":" + userid)``'s first 8 bytes as a number in [0, 1), mapped onto the
