@@ -90,8 +90,8 @@ class UserTowerRunner:
         if len(state.seen) == 0:
             return state
         items, liked = encode_recent_items(state.seen, state.seen_labels, self.vocab_ids, self.window)
-        feeds = {sig.USER_TOWER_INPUT_ITEMS: items, sig.USER_TOWER_INPUT_LIKED: liked}
-        vector = np.asarray(self.session.run([sig.USER_TOWER_OUTPUT], feeds)[0], np.float32).reshape(-1)
+        vector = np.asarray(self.session.run([sig.USER_TOWER_OUTPUT], sig.tower_inputs(items, liked))[0], np.float32)
+        vector = vector.reshape(-1)
         return dataclasses.replace(state, vector=vector)
 
 

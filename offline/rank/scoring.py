@@ -43,11 +43,7 @@ def score_encoded(
     scores = np.empty(len(sparse), dtype=np.float32)
     for start in range(0, len(sparse), batch_size):
         stop = start + batch_size
-        feeds = {
-            sig.INPUT_SPARSE: np.ascontiguousarray(sparse[start:stop], dtype=np.int64),
-            sig.INPUT_DENSE: np.ascontiguousarray(dense[start:stop], dtype=np.float32),
-        }
-        (out,) = session.run([sig.OUTPUT_SCORE], feeds)  # (batch, 1)
+        (out,) = session.run([sig.OUTPUT_SCORE], sig.ranker_inputs(sparse[start:stop], dense[start:stop]))  # (batch, 1)
         scores[start:stop] = out[:, 0]
     return scores
 

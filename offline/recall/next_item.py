@@ -232,8 +232,7 @@ def onnx_user_vectors(
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     parts = [
-        session.run([sig.USER_TOWER_OUTPUT], {sig.USER_TOWER_INPUT_ITEMS: items[i : i + 4096],
-                                              sig.USER_TOWER_INPUT_LIKED: liked[i : i + 4096]})[0]
+        session.run([sig.USER_TOWER_OUTPUT], sig.tower_inputs(items[i : i + 4096], liked[i : i + 4096]))[0]
         for i in range(0, len(items), 4096)
-    ]  # fmt: skip
+    ]
     return np.concatenate(parts).astype(np.float32)

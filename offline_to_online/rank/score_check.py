@@ -106,8 +106,7 @@ def onnxruntime_scorer(model_path: Path) -> Scorer:
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
 
     def score(sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        feeds = {sig.INPUT_SPARSE: np.ascontiguousarray(sparse), sig.INPUT_DENSE: np.ascontiguousarray(dense)}
-        return np.asarray(session.run([sig.OUTPUT_SCORE], feeds)[0])
+        return np.asarray(session.run([sig.OUTPUT_SCORE], sig.ranker_inputs(sparse, dense))[0])
 
     return score
 
@@ -132,12 +131,7 @@ def triton_scorer(url: str, protocol: str = "grpc", attempts: int = 5) -> Scorer
     )
 
     def score(sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        inputs = [
-            client_module.InferInput(sig.INPUT_SPARSE, list(sparse.shape), "INT64"),
-            client_module.InferInput(sig.INPUT_DENSE, list(dense.shape), "FP32"),
-        ]
-        inputs[0].set_data_from_numpy(np.ascontiguousarray(sparse, dtype=np.int64))
-        inputs[1].set_data_from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+        inputs = sig.triton_inputs(client_module, sig.ranker_inputs(sparse, dense))
         outputs = [client_module.InferRequestedOutput(sig.OUTPUT_SCORE)]
         try:
             result = client.infer(sig.MODEL_NAME, inputs, outputs=outputs)
@@ -192,8 +186,7 @@ def onnxruntime_tower(onnx_path: Path) -> Scorer:
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
     def run(items: np.ndarray, liked: np.ndarray) -> np.ndarray:
-        feeds = {sig.USER_TOWER_INPUT_ITEMS: items, sig.USER_TOWER_INPUT_LIKED: liked}
-        return np.asarray(session.run([sig.USER_TOWER_OUTPUT], feeds)[0])
+        return np.asarray(session.run([sig.USER_TOWER_OUTPUT], sig.tower_inputs(items, liked))[0])
 
     return run
 
@@ -213,12 +206,7 @@ def triton_tower(url: str, version: int, attempts: int = 5) -> Scorer:
     retry_startup(ready, backend="Triton (grpc)", address=url, hint=TRITON_HINT, errors=errors, attempts=attempts)
 
     def run(items: np.ndarray, liked: np.ndarray) -> np.ndarray:
-        inputs = [
-            grpcclient.InferInput(sig.USER_TOWER_INPUT_ITEMS, list(items.shape), "INT64"),
-            grpcclient.InferInput(sig.USER_TOWER_INPUT_LIKED, list(liked.shape), "FP32"),
-        ]
-        inputs[0].set_data_from_numpy(np.ascontiguousarray(items, dtype=np.int64))
-        inputs[1].set_data_from_numpy(np.ascontiguousarray(liked, dtype=np.float32))
+        inputs = sig.triton_inputs(grpcclient, sig.tower_inputs(items, liked))
         outputs = [grpcclient.InferRequestedOutput(sig.USER_TOWER_OUTPUT)]
         result = client.infer(sig.USER_TOWER_NAME, inputs, model_version=str(version), outputs=outputs)
         return np.asarray(result.as_numpy(sig.USER_TOWER_OUTPUT))

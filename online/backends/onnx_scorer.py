@@ -36,11 +36,7 @@ class OnnxModel:
         """(n,) float32 like probabilities of encoded rows."""
         if len(sparse) == 0:
             return np.zeros(0, np.float32)
-        feeds = {
-            sig.INPUT_SPARSE: np.ascontiguousarray(sparse, dtype=np.int64),
-            sig.INPUT_DENSE: np.ascontiguousarray(dense, dtype=np.float32),
-        }
-        (scores,) = self.session.run([sig.OUTPUT_SCORE], feeds)  # (n, 1)
+        (scores,) = self.session.run([sig.OUTPUT_SCORE], sig.ranker_inputs(sparse, dense))  # (n, 1)
         return np.asarray(scores, dtype=np.float32).reshape(-1)
 
 

@@ -65,41 +65,28 @@ class TritonScorer:
         return scores, f"{sig.MODEL_NAME}/{version}"
 
     def _infer(self, sparse: np.ndarray, dense: np.ndarray, timeout_s: float) -> tuple[np.ndarray, str]:
-        import tritonclient.grpc as grpcclient
-
-        inputs = [
-            grpcclient.InferInput(sig.INPUT_SPARSE, list(sparse.shape), "INT64"),
-            grpcclient.InferInput(sig.INPUT_DENSE, list(dense.shape), "FP32"),
-        ]
-        inputs[0].set_data_from_numpy(np.ascontiguousarray(sparse, dtype=np.int64))
-        inputs[1].set_data_from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-        outputs = [grpcclient.InferRequestedOutput(sig.OUTPUT_SCORE)]
-        result = self._client().infer(
-            sig.MODEL_NAME, inputs, outputs=outputs, client_timeout=timeout_s, timeout=queue_timeout_us(timeout_s)
-        )
+        result = self._run(sig.MODEL_NAME, "", sig.ranker_inputs(sparse, dense), sig.OUTPUT_SCORE, timeout_s)
         scores = np.asarray(result.as_numpy(sig.OUTPUT_SCORE), dtype=np.float32).reshape(-1)
         return scores, str(result.get_response().model_version)
+
+    def _run(self, model: str, version: str, arrays: dict[str, np.ndarray], output: str, timeout_s: float) -> Any:
+        """One inference of ``model`` (``version``; "" = the newest), bounded by ``timeout_s`` on both sides."""
+        import tritonclient.grpc as grpcclient
+
+        inputs = sig.triton_inputs(grpcclient, arrays)
+        outputs = [grpcclient.InferRequestedOutput(output)]
+        return self._client().infer(model, inputs, model_version=version, outputs=outputs, client_timeout=timeout_s,
+                                    timeout=queue_timeout_us(timeout_s))  # fmt: skip
 
     def user_vector(
         self, tower: UserTower, items: np.ndarray, liked: np.ndarray, timeout_s: float
     ) -> tuple[np.ndarray, str]:
         """``ml_user_tower`` at the version the item version names (Triton keeps the last few loaded)."""
-        import tritonclient.grpc as grpcclient
-
         version = tower.args.triton_version
         if version is None:
             raise LookupError(f"item version {tower.item_version} names no Triton version of {sig.USER_TOWER_NAME}")
-        inputs = [
-            grpcclient.InferInput(sig.USER_TOWER_INPUT_ITEMS, list(items.shape), "INT64"),
-            grpcclient.InferInput(sig.USER_TOWER_INPUT_LIKED, list(liked.shape), "FP32"),
-        ]
-        inputs[0].set_data_from_numpy(np.ascontiguousarray(items, dtype=np.int64))
-        inputs[1].set_data_from_numpy(np.ascontiguousarray(liked, dtype=np.float32))
-        outputs = [grpcclient.InferRequestedOutput(sig.USER_TOWER_OUTPUT)]
-        result = self._client().infer(
-            sig.USER_TOWER_NAME, inputs, model_version=str(version), outputs=outputs, client_timeout=timeout_s,
-            timeout=queue_timeout_us(timeout_s),
-        )  # fmt: skip
+        result = self._run(sig.USER_TOWER_NAME, str(version), sig.tower_inputs(items, liked), sig.USER_TOWER_OUTPUT,
+                           timeout_s)  # fmt: skip
         vectors = np.asarray(result.as_numpy(sig.USER_TOWER_OUTPUT), dtype=np.float32)
         return vectors, f"{sig.USER_TOWER_NAME}/{version}"
 

@@ -46,8 +46,7 @@ class UserTower:
 
     def run(self, items: np.ndarray, liked: np.ndarray) -> np.ndarray:
         """``[u, 1]`` (batch, dim) float32 by ONNX Runtime in process."""
-        feeds = {sig.USER_TOWER_INPUT_ITEMS: items, sig.USER_TOWER_INPUT_LIKED: liked}
-        return np.asarray(self.session.run([sig.USER_TOWER_OUTPUT], feeds)[0], dtype=np.float32)
+        return np.asarray(self.session.run([sig.USER_TOWER_OUTPUT], sig.tower_inputs(items, liked))[0], np.float32)
 
 
 @dataclass(frozen=True)
