@@ -103,17 +103,24 @@ def publish_model(
     return TritonPublishReport(version, {b: r for b, r in repositories.items()}, deleted)
 
 
-def publish_user_tower(onnx_path: Path, window: int, out_dim: int, repositories: dict[Backend, Path]) -> int:
-    """Write the user side as a new version of ``ml_user_tower`` into each repository; returns its number.
+def next_user_tower_version(repositories: dict[Backend, Path]) -> int:
+    """The number the next ``ml_user_tower`` version gets (one past the newest in any repository)."""
+    return next_version(list(repositories.values()), sig.USER_TOWER_NAME)
+
+
+def publish_user_tower(
+    onnx_path: Path, window: int, out_dim: int, repositories: dict[Backend, Path], version: int
+) -> None:
+    """Write the user side as version ``version`` of ``ml_user_tower`` into each repository (the item
+    publish plans the number with ``next_user_tower_version``, records it in the item version, and writes
+    the model only once that version is verified).
 
     The newest ``TOWER_VERSIONS_LOADED`` versions stay (and stay loaded): the served item version's, the
     one before it (an item rollback) and one of an item publish that may not have gone live."""
     model = sig.USER_TOWER_NAME
-    version = next_version(list(repositories.values()), model)
     for backend, repository in repositories.items():
         folder = write_version(repository, version, onnx_path, backend, model)
         write_config(repository, user_tower_config(window, out_dim, backend), model)
         keep = set(model_versions(repository, model)[-TOWER_VERSIONS_LOADED:])
         prune_versions(repository, keep, model)
         log.info("Triton (%s backend): %s written", backend, folder)
-    return version

@@ -32,7 +32,8 @@ from data_exchange_center.paths import ArtifactPaths
 from offline_to_online.common import PublishVerificationError, make_readable
 from offline_to_online.recall.embedded_users import TMP_PREFIX, prune_versions, remove_temporary_folders
 from offline_to_online.recall.item_source import ItemSource, read_item_files
-from offline_to_online.triton_publish import publish_user_tower
+from offline_to_online.triton_config import Backend
+from offline_to_online.triton_publish import next_user_tower_version, publish_user_tower
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +84,18 @@ def copy_artifacts(paths: ArtifactPaths, folder: Path) -> dict[str, str]:
     return copied
 
 
-def publish_user_tower_model(paths: ArtifactPaths) -> L.UserTowerArgs | None:
-    """The run's user tower (None when the vector stage exported none), written to both Triton repositories
-    as a new version of ``ml_user_tower``; returns how the item version calls it."""
+def tower_repositories(paths: ArtifactPaths) -> dict[Backend, Path]:
+    return {"onnxruntime": paths.model_repository_dir, "python": L.python_model_repository_dir(paths)}
+
+
+def plan_user_tower(paths: ArtifactPaths) -> L.UserTowerArgs | None:
+    """How the item version will call the run's user tower: its window, width and the Triton version it
+    will get (None when the vector stage exported no tower)."""
     if not paths.user_tower_onnx_path.exists():
         return None
     args = read_json(paths.user_tower_args_path)
     window, dim = int(args["window"]), int(args["dim"]) + 1  # [u, 1]
-    repositories = {"onnxruntime": paths.model_repository_dir, "python": L.python_model_repository_dir(paths)}
-    version = publish_user_tower(paths.user_tower_onnx_path, window, dim, repositories)  # type: ignore[arg-type]
-    return L.UserTowerArgs(window, dim, version)
+    return L.UserTowerArgs(window, dim, next_user_tower_version(tower_repositories(paths)))
 
 
 def copy_user_tower(paths: ArtifactPaths, folder: Path, tower: L.UserTowerArgs) -> dict[str, str]:
@@ -112,7 +115,7 @@ def stage_item_version(paths: ArtifactPaths, chain: dict[str, int | float], vers
     tmp_dir.mkdir(parents=True)
     try:
         copied = copy_artifacts(paths, tmp_dir)
-        tower = publish_user_tower_model(paths)
+        tower = plan_user_tower(paths)
         if tower is not None:
             copied |= copy_user_tower(paths, tmp_dir, tower)
         make_readable(write_json(chain, tmp_dir / L.CHAIN_FILE))
@@ -125,6 +128,9 @@ def stage_item_version(paths: ArtifactPaths, chain: dict[str, int | float], vers
                 f"the user tower gives {tower.dim} floats, the item vectors have {source.vector_dim}: "
                 "both must come from one vector-recall run"
             )
+        if tower is not None and tower.triton_version is not None:  # only a verified version gets a Triton model
+            publish_user_tower(paths.user_tower_onnx_path, tower.window, tower.dim, tower_repositories(paths),
+                               tower.triton_version)  # fmt: skip
         tmp_dir.rename(store_dir / version)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -113,6 +113,17 @@ def test_republishing_numbers_the_triton_versions_and_keeps_the_last_three(tiny:
         assert L.model_versions(repo) == L.model_versions(tiny.paths.model_repository_dir)  # the ranker untouched
 
 
+def test_a_publish_that_fails_verification_writes_no_triton_version(tiny: TinyArtifacts, tmp_path: Path) -> None:
+    data_dir = copy_published(tiny.paths.data_dir, tmp_path / "data")
+    paths = ArtifactPaths(data_dir)
+    before = L.model_versions(paths.model_repository_dir, sig.USER_TOWER_NAME)
+    args = json.loads(paths.user_tower_args_path.read_text())
+    write_json({**args, "dim": int(args["dim"]) + 3}, paths.user_tower_args_path)  # not the item vectors' width
+    assert s2_item_to_es.main(["--data-dir", str(data_dir), "--profile", "embedded", "--quiet"]) != 0
+    for repo in (paths.model_repository_dir, L.python_model_repository_dir(paths)):
+        assert L.model_versions(repo, sig.USER_TOWER_NAME) == before  # no orphan version of a version never staged
+
+
 def test_a_known_users_vector_is_computed_from_the_recent_items_it_is_served_with(
     app: Flask, tiny: TinyArtifacts, tower: TinyUserTower
 ) -> None:
