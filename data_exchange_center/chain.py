@@ -56,10 +56,11 @@ class UserState:
     seen: np.ndarray  # (n_seen,) int64 offline items, time order
     seen_labels: np.ndarray  # (n_seen,) int8
     base_event_seq: int = 0  # the newest event-log rating in ``seen`` (the service applies later events)
+    seen_ratings: np.ndarray | None = None  # (n_seen,) float32 aligned with ``seen``; None: not published
 
     @classmethod
     def unknown(cls) -> UserState:
-        return cls([], None, np.zeros(0, np.int64), np.zeros(0, np.int8))
+        return cls([], None, np.zeros(0, np.int64), np.zeros(0, np.int8), seen_ratings=np.zeros(0, np.float32))
 
 
 @dataclass(frozen=True)

@@ -78,15 +78,21 @@ def rating_of(rating: float | None, event_type: str | None) -> float:
     return TYPE_RATINGS[event_type]
 
 
-def apply_events(base: UserState, items: np.ndarray, labels: np.ndarray) -> UserState:
-    """The user's state after ``items`` (time order) with ``labels``: appended to the seen items and
-    their labels, an item seen again moves to its latest position (so it counts once as a trigger)."""
+def apply_events(
+    base: UserState, items: np.ndarray, labels: np.ndarray, ratings: np.ndarray | None = None
+) -> UserState:
+    """The user's state after ``items`` (time order) with ``labels`` and ``ratings``: appended to the seen
+    items, their labels and (where the base has them) their ratings; an item seen again moves to its
+    latest position with its latest rating (so it counts once, as a trigger and in the history features)."""
     if len(items) == 0:
         return base
     all_items = np.concatenate([base.seen, np.asarray(items, dtype=np.int64)])
     all_labels = np.concatenate([base.seen_labels, np.asarray(labels, dtype=np.int8)])
     keep = last_occurrences(all_items)
-    return dataclasses.replace(base, seen=all_items[keep], seen_labels=all_labels[keep])
+    all_ratings = None
+    if base.seen_ratings is not None and ratings is not None:
+        all_ratings = np.concatenate([base.seen_ratings, np.asarray(ratings, dtype=np.float32)])[keep]
+    return dataclasses.replace(base, seen=all_items[keep], seen_labels=all_labels[keep], seen_ratings=all_ratings)
 
 
 def recent_terms(
@@ -114,7 +120,8 @@ def events_state(base: UserState, events: Sequence[Event]) -> UserState:
     """``apply_events`` over event records."""
     items = np.fromiter((e.itemid for e in events), dtype=np.int64, count=len(events))
     labels = np.fromiter((e.label for e in events), dtype=np.int8, count=len(events))
-    return apply_events(base, items, labels)
+    ratings = np.fromiter((e.rating for e in events), dtype=np.float32, count=len(events))
+    return apply_events(base, items, labels, ratings)
 
 
 def events_frame(events: Sequence[StoredEvent]) -> pd.DataFrame:

@@ -3,7 +3,8 @@
 A variant changes how the chain ranks for its users: the ranking policy (``like_weight``,
 ``prior_weight``, ``ranker_final``: 0 ranks by the recall evidence blend instead of the ranker's output,
 e.g. ``no_ranker:1:ranker_final=0:like_weight=0``), the number of item-to-item triggers
-(``max_triggers``) or whether live events are applied (``live_events``). ``Settings.experiment_variants`` lists them as
+(``max_triggers``), whether live events are applied (``live_events``) and whether the ranker's history
+features follow them (``live_history``; 0 keeps the published ones). ``Settings.experiment_variants`` lists them as
 ``name:weight[:key=value...]`` separated by commas, e.g. ``control:1,no_events:1:live_events=0``.
 
 Assignment: ``sha256(salt + ":" + userid)``'s first 8 bytes as a number in [0, 1), mapped onto the
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from data_exchange_center.chain import RankingPolicy
 
 DEFAULT_VARIANT = "default"
-OVERRIDE_KEYS = ("like_weight", "prior_weight", "ranker_final", "max_triggers", "live_events")
+OVERRIDE_KEYS = ("like_weight", "prior_weight", "ranker_final", "max_triggers", "live_events", "live_history")
 
 
 class ExperimentConfigError(ValueError):
@@ -45,6 +46,10 @@ class Variant:
     @property
     def live_events(self) -> bool:
         return bool(self.overrides.get("live_events", 1))
+
+    @property
+    def live_history(self) -> bool:
+        return self.live_events and bool(self.overrides.get("live_history", 1))
 
 
 def parse_variants(spec: str) -> list[Variant]:

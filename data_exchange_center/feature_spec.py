@@ -51,6 +51,10 @@ class DenseField:
     std: float = 1.0
     normalize: bool = True
 
+    def encode(self, raw: Any) -> Any:
+        """Raw values (float64 array or scalar) as the model reads them: standardized, or passed through."""
+        return (raw - self.mean) / self.std if self.normalize else raw
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -128,9 +132,17 @@ class FeatureSpec:
             sparse[:, j] = pd.Index(cat.vocab).get_indexer(df[cat.name].to_numpy()) + 1
         values = np.zeros((len(df), len(dense)), dtype=np.float32)
         for j, den in enumerate(dense):
-            column = df[den.name].to_numpy(dtype=np.float64, na_value=0.0)
-            values[:, j] = (column - den.mean) / den.std if den.normalize else column
+            values[:, j] = den.encode(df[den.name].to_numpy(dtype=np.float64, na_value=0.0))
         return sparse, values
+
+    def encode_dense_row(self, source: Source, values: dict[str, float]) -> np.ndarray:
+        """The dense part of one ``source`` row from raw values by field name: (1, m) float32, as ``encode``."""
+        dense = self.fields_of(source)[1]
+        missing = [f.name for f in dense if f.name not in values]
+        if missing:
+            raise ArtifactError(f"{source} values lack {missing} required by the feature spec")
+        raw = np.array([values[f.name] for f in dense], dtype=np.float64)
+        return np.array([[f.encode(v) for f, v in zip(dense, raw, strict=True)]], dtype=np.float32)
 
     def encode_users(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         return self.encode(df, "user")

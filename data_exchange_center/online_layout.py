@@ -8,6 +8,7 @@ Embedded stores (the default profile serves from these folders under ``paths.onl
 
     online/users/CURRENT                  text: the live version id (replaced atomically)
     online/users/<version>/users.parquet  userid int64, terms list<str>, seen list<int64>, seen_labels list<int8>,
+                                          seen_ratings list<float32> (absent in older versions),
                                           base_event_seq int64 (the newest event-log rating in seen; 0: none)
     online/users/<version>/vectors.npz    ids int64 (n,), vectors float32 (n, dim)
     online/users/<version>/manifest.json  version, n_users, vector_dim, sources, created_at
@@ -47,6 +48,7 @@ USERS_TABLE_FILE = "users.parquet"
 USERS_VECTORS_FILE = "vectors.npz"
 SEEN = "seen"
 SEEN_LABELS = "seen_labels"
+SEEN_RATINGS = "seen_ratings"  # the ranker's history features of a user with live events
 BASE_EVENT_SEQ = "base_event_seq"  # the user's events after this store sequence number apply online
 ITEM_TERMS_FILE = "item_terms.parquet"
 ITEM_VECTORS_FILE = "item_vectors.npz"

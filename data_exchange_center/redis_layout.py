@@ -9,13 +9,17 @@ Keys (``ns`` = ``Settings.redis_namespace``, ``ver`` = a version id, see ``onlin
     {ns}:users:current                  string  the live version id (the pointer a reader follows)
     {ns}:users:versions                 set     every version a publisher started (for clean-up)
     {ns}:users:v:{ver}:meta             hash    format, n_users, vector_dim, state, created_at
-    {ns}:users:v:{ver}:u:{userid}       hash    terms, vector, seen, seen_labels, base_event_seq (one read)
+    {ns}:users:v:{ver}:u:{userid}       hash    terms, vector, seen, seen_labels, seen_ratings, base_event_seq
+                                                (one read)
 
 Values: ``terms`` is a compact UTF-8 JSON array of strings, ``vector`` little-endian float32 bytes,
 ``seen`` little-endian int64 bytes (the user's offline items in time order), ``seen_labels`` int8
-bytes aligned with ``seen``, ``base_event_seq`` the ASCII decimal store sequence number of the newest
-event-log rating among ``seen`` (the service applies the user's events after it). A user without a
-vector has no ``vector`` field, one without events in the base no ``base_event_seq`` (0).
+bytes aligned with ``seen``, ``seen_ratings`` little-endian float32 bytes aligned with ``seen`` (the
+ranker's history features of a user with live events; versions published without it have none, and
+their users' history features do not follow events), ``base_event_seq`` the ASCII decimal store
+sequence number of the newest event-log rating among ``seen`` (the service applies the user's events
+after it). A user without a vector has no ``vector`` field, one without events in the base no
+``base_event_seq`` (0).
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ USERS = "users"
 VECTOR_DTYPE = np.dtype("<f4")
 SEEN_DTYPE = np.dtype("<i8")
 LABEL_DTYPE = np.dtype("i1")
+RATING_DTYPE = np.dtype("<f4")
 
 FIELD_TERMS = b"terms"
 FIELD_VECTOR = b"vector"
 FIELD_SEEN = b"seen"
 FIELD_SEEN_LABELS = b"seen_labels"
 FIELD_BASE_EVENT_SEQ = b"base_event_seq"
+FIELD_SEEN_RATINGS = b"seen_ratings"
 USER_FIELDS = (FIELD_TERMS, FIELD_VECTOR, FIELD_SEEN, FIELD_SEEN_LABELS)
 
 META_FORMAT = b"format_version"
@@ -160,6 +166,19 @@ def decode_labels(raw: bytes | None) -> np.ndarray:
     return np.frombuffer(raw, dtype=LABEL_DTYPE).astype(np.int8)
 
 
+def encode_ratings(ratings: Iterable[float] | np.ndarray) -> bytes:
+    return np.asarray(ratings, dtype=RATING_DTYPE).tobytes()
+
+
+def decode_ratings(raw: bytes | None) -> np.ndarray | None:
+    """None when the field is absent (a version published without ratings)."""
+    if raw is None:
+        return None
+    if len(raw) % RATING_DTYPE.itemsize:
+        raise RedisLayoutError(f"seen_ratings value of {len(raw)} bytes is not a whole number of float32")
+    return np.frombuffer(raw, dtype=RATING_DTYPE).astype(np.float32)
+
+
 # --- one user ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class UserProfileRecord:
@@ -170,6 +189,7 @@ class UserProfileRecord:
     vector: np.ndarray | None = None  # float32 (dim,)
     seen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # int64 (n_seen,)
     seen_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))  # int8 (n_seen,)
+    seen_ratings: np.ndarray | None = None  # float32 (n_seen,); None: not published
     base_event_seq: int = 0  # the newest event-log rating in ``seen`` (0: none); later events apply online
 
 
@@ -179,11 +199,17 @@ def encode_user(record: UserProfileRecord) -> dict[bytes, bytes]:
         raise RedisLayoutError(
             f"user {record.userid}: {len(record.seen)} seen items but {len(record.seen_labels)} labels"
         )
+    if record.seen_ratings is not None and len(record.seen_ratings) != len(record.seen):
+        raise RedisLayoutError(
+            f"user {record.userid}: {len(record.seen)} seen items but {len(record.seen_ratings)} ratings"
+        )
     fields = {
         FIELD_TERMS: encode_terms(record.terms),
         FIELD_SEEN: encode_items(record.seen),
         FIELD_SEEN_LABELS: encode_labels(record.seen_labels),
     }
+    if record.seen_ratings is not None:
+        fields[FIELD_SEEN_RATINGS] = encode_ratings(record.seen_ratings)
     if record.vector is not None:
         fields[FIELD_VECTOR] = encode_vector(record.vector)
     if record.base_event_seq:
@@ -199,12 +225,16 @@ def decode_user(userid: int, fields: Mapping[bytes, bytes]) -> UserProfileRecord
     labels = decode_labels(fields.get(FIELD_SEEN_LABELS))
     if len(labels) != len(seen):
         raise RedisLayoutError(f"user {userid}: {len(seen)} seen items but {len(labels)} labels")
+    ratings = decode_ratings(fields.get(FIELD_SEEN_RATINGS))
+    if ratings is not None and len(ratings) != len(seen):
+        raise RedisLayoutError(f"user {userid}: {len(seen)} seen items but {len(ratings)} ratings")
     return UserProfileRecord(
         userid=int(userid),
         terms=decode_terms(fields.get(FIELD_TERMS)),
         vector=decode_vector(fields.get(FIELD_VECTOR)),
         seen=seen,
         seen_labels=labels,
+        seen_ratings=ratings,
         base_event_seq=int(fields.get(FIELD_BASE_EVENT_SEQ) or 0),
     )
 

@@ -74,7 +74,8 @@ def pit_columns(genres: list[str]) -> list[str]:
 # --- recall artifacts -------------------------------------------------------------------------
 # recall/popularity.parquet:     itemid int64, score float32 (positive offline impressions), score desc
 # recall/item_neighbors.parquet: itemid int64, neighbor int64, weight float32 (top-N per item, weight desc)
-# recall/user_seen.parquet:      userid int64, items list<int64>, labels list<int8> (offline, time order)
+# recall/user_seen.parquet:      userid int64, items list<int64>, labels list<int8>, ratings list<float32>
+#                                (the offline impressions in time order)
 # recall/{user,item}_vectors.npz: ids int64 (n,), vectors float32 (n, dim); similarity: inner product
 # user terms: preprocess/user_profiles.parquet (userid, terms); item terms: preprocess/item_terms.parquet
 SCORE = "score"
@@ -82,5 +83,6 @@ NEIGHBOR = "neighbor"
 WEIGHT = "weight"
 ITEMS = "items"
 LABELS = "labels"
+RATINGS = "ratings"
 VECTOR_IDS = "ids"
 VECTORS = "vectors"

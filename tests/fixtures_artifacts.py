@@ -24,6 +24,7 @@ from data_exchange_center.artifacts import write_json, write_npz, write_parquet
 from data_exchange_center.chain import DEFAULT_MAX_TRIGGERS, RankingPolicy
 from data_exchange_center.feature_spec import CategoricalField, DenseField, FeatureSpec, combine_features
 from data_exchange_center.paths import ArtifactPaths
+from data_exchange_center.user_history import history_feature_columns, history_features
 
 GENRES = ["Action", "Children's", "Comedy", "Drama", "Sci-Fi"]
 AGES = [1, 18, 25, 35, 45, 50, 56]
@@ -58,8 +59,9 @@ def write_tiny_artifacts(data_dir: Path, config: TinyConfig | None = None) -> Ti
     itemids = 5 + 3 * np.arange(config.n_items, dtype=np.int64)
     item_genres = [sorted(rng.choice(config.genres, size=rng.integers(1, 3), replace=False).tolist()) for _ in itemids]
     write_recall_artifacts(paths, config, rng, userids, itemids, item_genres)
-    user_features = make_user_features(rng, userids, config.genres)
     item_features = make_item_features(itemids, item_genres, config.genres)
+    seen = pd.read_parquet(paths.user_seen_path)
+    user_features = make_user_features(rng, userids, config.genres, seen, item_features)
     write_profiles(paths, rng, user_features, config.genres)
     spec = make_spec(user_features, item_features, config.genres)
     spec.save(paths.feature_spec_path)
@@ -91,8 +93,10 @@ def write_recall_artifacts(
     write_npz(paths.item_vectors_path, **{S.VECTOR_IDS: itemids, S.VECTORS: unit.astype(np.float32)})
     seen_users = userids[1:]  # the first user has no seen items
     seen = [rng.choice(itemids, size=rng.integers(1, 8), replace=False).astype(np.int64) for _ in seen_users]
-    labels = [rng.integers(0, 2, size=len(s)).astype(np.int8) for s in seen]
-    write_parquet(pd.DataFrame({S.USER_ID: seen_users, S.ITEMS: seen, S.LABELS: labels}), paths.user_seen_path)
+    ratings = [rng.integers(1, 6, size=len(s)).astype(np.float32) for s in seen]
+    labels = [(r > S.POSITIVE_RATING_THRESHOLD).astype(np.int8) for r in ratings]
+    write_parquet(pd.DataFrame({S.USER_ID: seen_users, S.ITEMS: seen, S.LABELS: labels, S.RATINGS: ratings}),
+                  paths.user_seen_path)  # fmt: skip
     pop = pd.DataFrame({S.ITEM_ID: itemids, S.SCORE: rng.integers(0, 100, len(itemids)).astype(np.float32)})
     write_parquet(pop.sort_values(S.SCORE, ascending=False, kind="stable"), paths.popularity_path)
     n = min(config.n_neighbors, len(itemids) - 1)
@@ -116,7 +120,11 @@ def write_profiles(paths: ArtifactPaths, rng: np.random.Generator, users: pd.Dat
 
 
 # --- rank --------------------------------------------------------------------------------------------
-def make_user_features(rng: np.random.Generator, userids: np.ndarray, genres: list[str]) -> pd.DataFrame:
+def make_user_features(
+    rng: np.random.Generator, userids: np.ndarray, genres: list[str], seen: pd.DataFrame, items: pd.DataFrame
+) -> pd.DataFrame:
+    """Random demographics; the history columns of each user's seen timeline (as the offline stage and the
+    service compute them), so the published rows and the timelines agree as in a real run."""
     n = len(userids)
     frame = pd.DataFrame(
         {
@@ -126,11 +134,19 @@ def make_user_features(rng: np.random.Generator, userids: np.ndarray, genres: li
             S.OCCUPATION: rng.integers(0, 21, n),
         }
     )
-    for column in S.pit_columns(genres):
-        frame[column] = rng.integers(0, 10, n).astype(np.int16)
-    frame[S.HIST_N] = rng.integers(0, 200, n).astype(np.float32)
-    frame[S.HIST_CLICK_RATE] = rng.random(n).astype(np.float32)
-    frame[S.HIST_MEAN_RATING] = (1 + 4 * rng.random(n)).astype(np.float32)
+    flags = items.set_index(S.ITEM_ID)[[S.genre_flag_column(g) for g in genres]]
+    timelines = seen.set_index(S.USER_ID)
+    rows = []
+    for userid in userids.tolist():
+        if userid in timelines.index:
+            user = timelines.loc[userid]
+            rows.append(history_features(user[S.LABELS], user[S.RATINGS], flags.loc[user[S.ITEMS]].to_numpy()))
+        else:
+            rows.append(history_features(np.zeros(0), np.zeros(0), np.zeros((0, len(genres)))))
+    history = pd.DataFrame(rows, columns=history_feature_columns(genres))
+    columns = [*S.pit_columns(genres), *S.HISTORY_COLUMNS]
+    frame[columns] = history[columns].to_numpy()
+    frame[S.pit_columns(genres)] = frame[S.pit_columns(genres)].astype(np.int16)
     return frame
 
 

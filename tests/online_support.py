@@ -23,6 +23,7 @@ from data_exchange_center.feature_spec import FeatureSpec, combine_features
 from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.online_layout import items_store_dir, read_current_version, users_store_dir
 from data_exchange_center.paths import ArtifactPaths
+from data_exchange_center.user_history import encoded_history_row
 from tests.fixtures_artifacts import TinyArtifacts, write_tiny_artifacts
 
 TRIGGERS = chain.TriggerPolicy(max_triggers=5)
@@ -87,6 +88,7 @@ def user_state(paths: ArtifactPaths, userid: int) -> chain.UserState:
         vector=vectors[S.VECTORS][ids.index(userid)] if userid in ids else None,
         seen=np.asarray(seen.loc[userid, S.ITEMS] if userid in seen.index else [], np.int64),
         seen_labels=np.asarray(seen.loc[userid, S.LABELS] if userid in seen.index else [], np.int8),
+        seen_ratings=np.asarray(seen.loc[userid, S.RATINGS] if userid in seen.index else [], np.float32),
     )
 
 
@@ -96,10 +98,15 @@ def expected_list(
     size: int,
     state: chain.UserState | None = None,
     policy: chain.RankingPolicy = POLICY,
+    live_history: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The chain's ranked (items, scores) for a user, from the artifacts and ONNX Runtime (``state``: the
-    user's recall state, by default the one in the artifacts; ``policy``: the published one)."""
+    user's recall state, by default the one in the artifacts; ``policy``: the published one;
+    ``live_history``: the ranker's history features computed from ``state``'s timeline, as the service
+    does after live events; a user without a feature row gets the default row)."""
     import onnxruntime as ort
+
+    from online.backends.feature_tables import default_row
 
     index = ItemIndex.load(paths)
     quotas = dict(QUOTAS, popularity=max(QUOTAS["popularity"], size))
@@ -108,8 +115,17 @@ def expected_list(
     candidates = chain.merge_candidates(results, *i2i_all)
     spec = FeatureSpec.load(paths.feature_spec_path)
     users = pd.read_parquet(paths.user_features_path)
-    items = pd.read_parquet(paths.item_features_path).set_index(S.ITEM_ID).loc[candidates.items].reset_index()
-    sparse, dense = combine_features(spec.encode_users(users[users[S.USER_ID] == userid]), spec.encode_items(items))
+    user_rows = users[users[S.USER_ID] == userid]
+    user_part = spec.encode_users(user_rows) if len(user_rows) else default_row(spec, "user")
+    item_table = pd.read_parquet(paths.item_features_path).set_index(S.ITEM_ID)
+    if live_history:
+        assert state.seen_ratings is not None
+        seen_dense = spec.encode_items(item_table.loc[state.seen].reset_index())[1]
+        history = encoded_history_row(spec, state.seen_labels, state.seen_ratings, seen_dense)
+        assert history is not None
+        user_part = (user_part[0], history)
+    items = item_table.loc[candidates.items].reset_index()
+    sparse, dense = combine_features(user_part, spec.encode_items(items))
     session = ort.InferenceSession(str(paths.onnx_path), providers=["CPUExecutionProvider"])
     like = session.run(["score"], {"sparse_ids": sparse, "dense": dense})[0][:, 0]
     return chain.rank_and_cut(candidates, chain.final_scores(candidates, like, policy), size)

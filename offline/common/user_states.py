@@ -28,9 +28,10 @@ class UserStates:
     def __init__(self, paths: ArtifactPaths, with_vectors: bool = True) -> None:
         profiles = read_parquet(paths.user_profiles_path, (S.USER_ID, S.TERMS))
         self.terms = dict(zip(profiles[S.USER_ID].to_numpy(), profiles[S.TERMS], strict=True))
-        seen = read_parquet(paths.user_seen_path, (S.USER_ID, S.ITEMS, S.LABELS))
+        seen = read_parquet(paths.user_seen_path, (S.USER_ID, S.ITEMS, S.LABELS, S.RATINGS))
         self.seen = dict(zip(seen[S.USER_ID].to_numpy(), seen[S.ITEMS], strict=True))
         self.labels = dict(zip(seen[S.USER_ID].to_numpy(), seen[S.LABELS], strict=True))
+        self.ratings = dict(zip(seen[S.USER_ID].to_numpy(), seen[S.RATINGS], strict=True))
         self.vectors: dict[int, np.ndarray] = {}
         if with_vectors:
             arrays = read_npz(paths.user_vectors_path, (S.VECTOR_IDS, S.VECTORS))
@@ -43,6 +44,7 @@ class UserStates:
             vector=self.vectors.get(user_id),
             seen=np.asarray(self.seen.get(user_id, empty), dtype=np.int64),
             seen_labels=np.asarray(self.labels.get(user_id, empty), dtype=np.int8),
+            seen_ratings=np.asarray(self.ratings.get(user_id, empty), dtype=np.float32),
         )
 
 

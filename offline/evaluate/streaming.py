@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from data_exchange_center import chain
@@ -33,6 +34,7 @@ from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import Settings
 from data_exchange_center.streaming import MODES, STREAM_K, UserWalk, holdout_walks, next_item_metrics
+from data_exchange_center.user_history import encoded_history_row
 from offline.common.user_states import UserStates
 from offline.rank.scoring import load_session, score_candidates
 
@@ -46,6 +48,7 @@ class StreamTarget:
     target: int
     candidates: chain.Candidates
     policy: chain.RankingPolicy
+    user_dense: np.ndarray | None = None  # (1, m_u) encoded history features after the live events
 
 
 def streaming_report(paths: ArtifactPaths, settings: Settings, every: int = 1, k: int = STREAM_K) -> dict[str, Any]:
@@ -103,6 +106,8 @@ class _Walker:
         self.spec = FeatureSpec.load(paths.feature_spec_path)
         self.user_features = read_parquet(paths.user_features_path, (S.USER_ID,))
         self.item_features = read_parquet(paths.item_features_path, (S.ITEM_ID,))
+        self.item_positions = pd.Index(self.item_features[S.ITEM_ID].to_numpy())
+        self.item_dense = self.spec.encode_items(self.item_features)[1]  # (n_items, m_i)
         self.session = load_session(paths.onnx_path)
         self.tower = UserTowerRunner.load(paths)
         self.catalog = ItemCatalog.from_frame(catalog_from_artifacts(paths))  # genres: the terms after events
@@ -130,19 +135,29 @@ class _Walker:
         triggers = dataclasses.replace(self.triggers, max_triggers=variant.max_triggers(self.triggers.max_triggers))
         out, static_candidates = [], None
         for step in walk.target_steps.tolist():
+            user_dense = None
             if live and variant.live_events:
-                state = apply_events(base, walk.items[:step], walk.labels[:step])
-                if step:  # as the service: terms and vector follow the events
+                state = apply_events(base, walk.items[:step], walk.labels[:step], walk.ratings[:step])
+                if step:  # as the service: terms, history features and vector follow the events
                     terms = recent_terms(state.seen, state.seen_labels, self.catalog.genres_of_items)
                     state = dataclasses.replace(state, terms=terms)
+                    user_dense = self._history_row(state) if variant.live_history else None
                 state = self.tower.with_vector(state) if self.tower is not None else state
                 candidates = self._recall(state, triggers)
             else:  # the same list before every step
                 static_candidates = static_candidates or self._recall(base, triggers)
                 candidates = static_candidates
             out.append(StreamTarget(walk.userid, variant.name, int(walk.items[step]), candidates,
-                                    variant.policy(policy)))  # fmt: skip
+                                    variant.policy(policy), user_dense))  # fmt: skip
         return out
+
+    def _history_row(self, state: chain.UserState) -> np.ndarray | None:
+        """The encoded history features after the events, as the service computes them."""
+        if state.seen_ratings is None:
+            return None
+        rows = self.item_positions.get_indexer(state.seen)
+        item_dense = np.where((rows >= 0)[:, None], self.item_dense[rows], 0.0)  # unknown items: no genre
+        return encoded_history_row(self.spec, state.seen_labels, state.seen_ratings, item_dense)
 
     def _recall(self, state: chain.UserState, triggers: chain.TriggerPolicy) -> chain.Candidates:
         results, i2i_all = chain.recall_channels(self.index, state, self.quotas, triggers)
@@ -153,7 +168,7 @@ class _Walker:
             return []
         userids = np.array([t.userid for t in targets])
         like = score_candidates(self.session, self.spec, self.user_features, self.item_features, userids,
-                                [t.candidates for t in targets])  # fmt: skip
+                                [t.candidates for t in targets], [t.user_dense for t in targets])  # fmt: skip
         out = []
         for t, probs in zip(targets, like, strict=True):
             out.append(chain.rank_and_cut(t.candidates, chain.final_scores(t.candidates, probs, t.policy), self.k)[0])

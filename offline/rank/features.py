@@ -24,8 +24,9 @@ from data_exchange_center import chain
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import ArtifactError
 from data_exchange_center.feature_spec import CategoricalField, DenseField, FeatureSpec, Source
+from data_exchange_center.user_history import all_affinity_columns, window_columns
 from offline.preprocess.pit_features import list_genres, online_profile_positions
-from offline.rank.user_history import UserHistory, all_affinity_columns, window_columns
+from offline.rank.user_history import UserHistory
 
 KEY_COLUMNS = (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ)  # identify a train/test row; ids double as features
 

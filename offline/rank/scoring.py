@@ -57,9 +57,12 @@ def score_pairs(
     itemids: np.ndarray | pd.Series | list[int],
     batch_size: int = SCORING_BATCH_SIZE,
     evidence: np.ndarray | None = None,
+    user_dense: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ranker's score of each pair ``(userids[i], itemids[i])``: float32 (n,); ``evidence`` (n, m) is
-    each pair's recall evidence (``chain.candidate_evidence``) for a ranker that reads it.
+    each pair's recall evidence (``chain.candidate_evidence``) for a ranker that reads it; ``user_dense``
+    (n, m_u), when given, replaces the encoded user dense part of each pair (a user's history features
+    after live events, ``data_exchange_center.user_history``).
 
     ``model`` is an ONNX Runtime session, a model.onnx path or the model folder. User and item tables
     are encoded once with the spec; every id must have a row in its table (``ValueError`` otherwise).
@@ -69,15 +72,16 @@ def score_pairs(
     item_rows = _row_positions(item_features, S.ITEM_ID, np.asarray(itemids), "item")
     if len(user_rows) != len(item_rows):
         raise ValueError(f"{len(user_rows)} user ids but {len(item_rows)} item ids: pairs must align")
-    user_sparse, user_dense = spec.encode_users(user_features)  # (n_users, k_u), (n_users, m_u)
+    user_sparse, table_dense = spec.encode_users(user_features)  # (n_users, k_u), (n_users, m_u)
     item_sparse, item_dense = spec.encode_items(item_features)  # (n_items, k_i), (n_items, m_i)
     scores = np.empty(len(user_rows), dtype=np.float32)
     for start in range(0, len(user_rows), batch_size):
         users = user_rows[start : start + batch_size]
         items = item_rows[start : start + batch_size]
         part = evidence[start : start + batch_size] if evidence is not None else None
+        users_dense = user_dense[start : start + batch_size] if user_dense is not None else table_dense[users]
         sparse, dense = combine_features(
-            (user_sparse[users], user_dense[users]), (item_sparse[items], item_dense[items]),
+            (user_sparse[users], users_dense), (item_sparse[items], item_dense[items]),
             spec.evidence(part, len(users)),
         )
         scores[start : start + len(users)] = score_encoded(session, sparse, dense, batch_size)
@@ -91,15 +95,24 @@ def score_candidates(
     item_features: pd.DataFrame,
     userids: np.ndarray,
     candidates: list[chain.Candidates],
+    user_dense: list[np.ndarray | None] | None = None,
 ) -> list[np.ndarray]:
     """The ranker's score of every candidate of every user (``userids[i]``'s ``candidates[i]``), with the
-    candidates' recall evidence, in one batch for all users: one (n_i,) array per user."""
+    candidates' recall evidence, in one batch for all users: one (n_i,) array per user. ``user_dense[i]``
+    (1, m_u), where not None, replaces user i's encoded dense features (history after live events)."""
     sizes = [len(c.items) for c in candidates]
     if not sum(sizes):
         return [np.zeros(0, np.float32) for _ in candidates]
     evidence = np.concatenate([chain.candidate_evidence(c) for c in candidates]) if spec.n_evidence else None
+    pair_dense = None
+    if user_dense is not None and any(d is not None for d in user_dense):
+        rows = _row_positions(user_features, S.USER_ID, np.asarray(userids), "user")
+        table_dense = spec.encode_users(user_features)[1]
+        per_user = [table_dense[r : r + 1] if d is None else d for r, d in zip(rows, user_dense, strict=True)]
+        pair_dense = np.repeat(np.concatenate(per_user), sizes, axis=0)  # (n_pairs, m_u)
     scores = score_pairs(model, spec, user_features, item_features, np.repeat(userids, sizes),
-                         np.concatenate([c.items for c in candidates]), evidence=evidence)  # fmt: skip
+                         np.concatenate([c.items for c in candidates]), evidence=evidence,
+                         user_dense=pair_dense)  # fmt: skip
     return np.split(scores, np.cumsum(sizes)[:-1])
 
 

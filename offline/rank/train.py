@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from data_exchange_center import schema as S
 from data_exchange_center.feature_spec import FeatureSpec, combine_features
+from data_exchange_center.user_history import AFFINITY_PREFIXES
 from offline.common.metrics import roc_auc, validation_mask
 from offline.rank.deepfm import DeepFM, RankerConfig
-from offline.rank.user_history import AFFINITY_PREFIXES
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,9 @@
 """User history features for ranking, evaluated at any point of a user's timeline.
 
 Beside the preprocess point-in-time counts (``imp_*``/``clk_*`` over the previous 10 impressions and
-the ``hist_*`` statistics), ranking uses
-
-- recent windows: the smoothed click rate and mean rating of the user's previous W impressions, for
-  several W (recent taste moves faster than the whole-history averages);
-- genre affinities, one value per genre in [0, 1]: the smoothed click rate on the genre over the
-  whole history (``lt_rate_*``) and over the previous 10 impressions (``rc_rate_*``), and the genre's
-  share of the whole history (``lt_share_*``). The ranker crosses them with the candidate's genres.
+the ``hist_*`` statistics), ranking uses the recent windows and the genre affinities named in
+``data_exchange_center.user_history`` (which also computes all of them for one timeline, online). The
+ranker crosses the affinities with the candidate's genres.
 
 Every value at position ``p`` uses only the user's impressions strictly before ``p``; the serving
 profile is the same function at the position right after the user's last offline impression, so
@@ -22,30 +18,14 @@ import numpy as np
 import pandas as pd
 
 from data_exchange_center import schema as S
+from data_exchange_center.user_history import (
+    AFFINITY_PRIOR_WEIGHT,
+    RECENT_WINDOWS,
+    all_affinity_columns,
+    window_columns,
+)
 
-RECENT_WINDOWS = (3, 10, 30, 100)  # impressions
-AFFINITY_PRIOR_WEIGHT = 3.0  # pseudo-impressions at the user's overall click rate, per genre
-RECENT_CLICK_RATE_PREFIX = "recent_click_rate_"
-RECENT_MEAN_RATING_PREFIX = "recent_mean_rating_"
-LONG_RATE_PREFIX = "lt_rate_"  # whole-history click rate on the genre
-RECENT_RATE_PREFIX = "rc_rate_"  # click rate on the genre among the previous PIT_WINDOW impressions
-LONG_SHARE_PREFIX = "lt_share_"  # the genre's share of the whole history
-AFFINITY_PREFIXES = (LONG_RATE_PREFIX, RECENT_RATE_PREFIX, LONG_SHARE_PREFIX)
 CHUNK_ROWS = 131_072  # positions evaluated at once
-
-
-def window_columns() -> list[str]:
-    return [RECENT_CLICK_RATE_PREFIX + str(w) for w in RECENT_WINDOWS] + [
-        RECENT_MEAN_RATING_PREFIX + str(w) for w in RECENT_WINDOWS
-    ]
-
-
-def affinity_columns(genres: list[str], prefix: str) -> list[str]:
-    return [prefix + S.genre_slug(g) for g in genres]
-
-
-def all_affinity_columns(genres: list[str]) -> list[str]:
-    return [c for prefix in AFFINITY_PREFIXES for c in affinity_columns(genres, prefix)]
 
 
 @dataclass(frozen=True)

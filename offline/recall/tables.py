@@ -17,8 +17,11 @@ def popularity_table(samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def user_seen_table(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per user, the offline items in time order with their labels (the seen filter and i2i triggers)."""
+    """Per user, the offline items in time order with their labels (the seen filter and i2i triggers) and
+    ratings (the ranker's history features of a user with live events)."""
     offline = samples[samples[S.SPLIT] != S.SPLIT_ONLINE]  # sorted by user, then time
     user_ids, items = split_by_user(offline, S.ITEM_ID)
     _, labels = split_by_user(offline, S.LABEL)
-    return pd.DataFrame({S.USER_ID: user_ids, S.ITEMS: items, S.LABELS: [a.astype(np.int8) for a in labels]})
+    _, ratings = split_by_user(offline, S.RATING)
+    return pd.DataFrame({S.USER_ID: user_ids, S.ITEMS: items, S.LABELS: [a.astype(np.int8) for a in labels],
+                         S.RATINGS: [a.astype(np.float32) for a in ratings]})  # fmt: skip

@@ -31,19 +31,21 @@ def user_seen_table_spark(samples: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     offline = samples.where(F.col(S.SPLIT) != F.lit(S.SPLIT_ONLINE))
-    timeline = F.array_sort(F.collect_list(F.struct(S.SEQ, S.ITEM_ID, S.LABEL)))
+    timeline = F.array_sort(F.collect_list(F.struct(S.SEQ, S.ITEM_ID, S.LABEL, S.RATING)))
     per_user = offline.groupBy(S.USER_ID).agg(timeline.alias("_timeline"))
     return per_user.select(
         S.USER_ID,
         F.col(f"_timeline.{S.ITEM_ID}").alias(S.ITEMS),
         F.col(f"_timeline.{S.LABEL}").alias(S.LABELS),
+        F.col(f"_timeline.{S.RATING}").alias(S.RATINGS),
     )
 
 
 def user_seen_template() -> pd.DataFrame:
     """One row with the dtypes of recall/user_seen.parquet (a row: Arrow infers the list types)."""
     return pd.DataFrame(
-        {S.USER_ID: np.zeros(1, np.int64), S.ITEMS: [np.zeros(1, np.int64)], S.LABELS: [np.zeros(1, np.int8)]}
+        {S.USER_ID: np.zeros(1, np.int64), S.ITEMS: [np.zeros(1, np.int64)], S.LABELS: [np.zeros(1, np.int8)],
+         S.RATINGS: [np.zeros(1, np.float32)]}
     )
 
 
@@ -55,7 +57,7 @@ def term_recall_tables_spark(spark: SparkSession, paths: ArtifactPaths) -> tuple
     """Write recall/popularity.parquet and recall/user_seen.parquet; return their row counts."""
     from pyspark.sql import functions as F
 
-    samples = read_artifact(spark, paths.samples_path, (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ, S.SPLIT))
+    samples = read_artifact(spark, paths.samples_path, (S.USER_ID, S.ITEM_ID, S.RATING, S.LABEL, S.SEQ, S.SPLIT))
     by_popularity = (F.col(S.SCORE).desc(), F.col(S.ITEM_ID).asc())  # as pandas' stable sort of item-sorted counts
     n_popular = write_artifact(
         popularity_table_spark(samples), paths.popularity_path, popularity_template(), sort_by=by_popularity

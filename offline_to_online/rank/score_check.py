@@ -5,6 +5,10 @@ The same for the vector model's user side: the users of ``recall/vector_model/re
 them, and run through the served item version's ``user_tower.onnx`` by ONNX Runtime, and through Triton's
 ``ml_user_tower`` at the version the item version names.
 
+And for the ranker's history features: the service computes those of a user with live events from the
+user's published timeline (seen items, labels, ratings) with ``data_exchange_center.user_history``;
+over the offline timeline of a sample of users that must give the published feature row, encoded.
+
 The reference is ``rank/model/reference_scores.parquet`` (``row`` int64: position in rank/test.parquet,
 ``score`` float32), written by the training stage with PyTorch. The rows are encoded with the feature
 spec exactly as the online side does (``encode_users`` + ``encode_items`` + ``combine_features``) and
@@ -14,12 +18,14 @@ This module imports neither torch nor offline/.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from data_exchange_center import model_signature as sig
 from data_exchange_center import schema as S
@@ -33,6 +39,7 @@ from data_exchange_center.online_layout import (
     read_user_tower_args,
 )
 from data_exchange_center.paths import ArtifactPaths
+from data_exchange_center.user_history import encoded_history_row
 from offline_to_online.common import BackendUnavailable, PublishVerificationError, retry_startup
 
 REFERENCE_ROW = "row"
@@ -57,6 +64,7 @@ class BackendResult:
     max_abs_diff: float
     mean_abs_diff: float
     tolerance: float = TOLERANCE
+    reference: str = "PyTorch's"  # what the values are compared with (in the failure message)
 
     @property
     def ok(self) -> bool:
@@ -212,6 +220,35 @@ def triton_tower(url: str, version: int, attempts: int = 5) -> Scorer:
         return np.asarray(result.as_numpy(sig.USER_TOWER_OUTPUT))
 
     return run
+
+
+HISTORY_TOLERANCE = 1e-6  # encoded float32 features: the same formulas give the same bits
+
+
+def check_history_features(paths: ArtifactPaths, spec: FeatureSpec, n_users: int = MIN_ROWS) -> BackendResult | None:
+    """The history features of a seeded sample of users computed from their seen timeline (what the service
+    does after live events) against the serving feature table, both encoded; None when the spec's user
+    fields are not all history features or the seen lists carry no ratings."""
+    seen = read_parquet(paths.user_seen_path, (S.USER_ID, S.ITEMS, S.LABELS))
+    if S.RATINGS not in seen.columns:
+        return None
+    users = read_parquet(paths.user_features_path, (S.USER_ID,)).set_index(S.USER_ID, drop=False)
+    items = read_parquet(paths.item_features_path, (S.ITEM_ID,))
+    item_rows, item_dense = pd.Index(items[S.ITEM_ID]), spec.encode_items(items)[1]
+    seen = seen[seen[S.USER_ID].isin(users.index)]
+    sample = seen.iloc[np.sort(np.random.default_rng(0).permutation(len(seen))[:n_users])]
+    expected = spec.encode_users(users.loc[sample[S.USER_ID]])[1]  # (n, m_u)
+    actual = np.empty_like(expected)
+    for row, (items_of, labels, ratings) in enumerate(zip(sample[S.ITEMS], sample[S.LABELS], sample[S.RATINGS],
+                                                          strict=True)):  # fmt: skip
+        positions = item_rows.get_indexer(np.asarray(items_of))
+        flags = np.where((positions >= 0)[:, None], item_dense[positions], 0.0)
+        encoded = encoded_history_row(spec, np.asarray(labels), np.asarray(ratings), flags)
+        if encoded is None:
+            return None
+        actual[row] = encoded[0]
+    result = compare("history features (user_history)", actual, expected, HISTORY_TOLERANCE)
+    return dataclasses.replace(result, reference="the feature table's rows")
 
 
 def format_table(reference_rows: int, results: list[BackendResult], reference: str = "reference_scores") -> str:

@@ -23,6 +23,7 @@ from offline_to_online.rank.score_check import (
     MIN_ROWS,
     TOWER_TOLERANCE,
     BackendResult,
+    check_history_features,
     compare,
     format_table,
     load_check_rows,
@@ -105,7 +106,11 @@ def check_offline_and_online(
     ]
     print(format_table(len(rows.reference), results))
     tower_results = check_user_tower(settings, grpc_url, connect_attempts)
-    failed = [f"{r.backend} differs from PyTorch's by more than {r.tolerance:g}" for r in results + tower_results
+    history = check_history_features(paths, spec)
+    if history is not None:
+        print(format_table(history.n_rows, [history], "rank/user_features"))
+        tower_results.append(history)
+    failed = [f"{r.backend} differs from {r.reference} by more than {r.tolerance:g}" for r in results + tower_results
               if not r.ok]  # fmt: skip
     if failed:
         raise PublishVerificationError("; ".join(failed))

@@ -69,8 +69,8 @@ def publish_users_embedded(store_dir: Path, source: UserSource, *, version: str 
 
 
 def users_table(source: UserSource) -> pa.Table:
-    """userid int64, terms list<string>, seen list<int64>, seen_labels list<int8>, base_event_seq int64,
-    one row per user."""
+    """userid int64, terms list<string>, seen list<int64>, seen_labels list<int8>, seen_ratings
+    list<float32>, base_event_seq int64, one row per user."""
     base = source.base_event_seqs if source.base_event_seqs is not None else np.zeros(source.n_users, np.int64)
     return pa.table(
         {
@@ -78,6 +78,7 @@ def users_table(source: UserSource) -> pa.Table:
             S.TERMS: pa.array(source.terms, pa.list_(pa.string())),
             L.SEEN: pa.array(source.seen, pa.list_(pa.int64())),
             L.SEEN_LABELS: pa.array(source.seen_labels, pa.list_(pa.int8())),
+            L.SEEN_RATINGS: pa.array(source.seen_ratings, pa.list_(pa.float32())),
             L.BASE_EVENT_SEQ: pa.array(base, pa.int64()),
         }
     )
@@ -108,8 +109,10 @@ def load_version(folder: Path) -> dict[int, UserProfileRecord]:
     vectors = dict(zip(arrays[S.VECTOR_IDS].tolist(), arrays[S.VECTORS], strict=True))
     records = {}
     base = table[L.BASE_EVENT_SEQ] if L.BASE_EVENT_SEQ in table else pd.Series(0, index=table.index)
-    for userid, terms, seen, labels, base_seq in zip(
-        table[S.USER_ID].tolist(), table[S.TERMS], table[L.SEEN], table[L.SEEN_LABELS], base.tolist(), strict=True
+    ratings = table[L.SEEN_RATINGS] if L.SEEN_RATINGS in table else pd.Series(None, index=table.index)
+    for userid, terms, seen, labels, user_ratings, base_seq in zip(
+        table[S.USER_ID].tolist(), table[S.TERMS], table[L.SEEN], table[L.SEEN_LABELS], ratings, base.tolist(),
+        strict=True,
     ):
         records[userid] = UserProfileRecord(
             userid=userid,
@@ -117,6 +120,7 @@ def load_version(folder: Path) -> dict[int, UserProfileRecord]:
             vector=vectors.get(userid),
             seen=np.asarray(seen, dtype=np.int64),
             seen_labels=np.asarray(labels, dtype=np.int8),
+            seen_ratings=None if user_ratings is None else np.asarray(user_ratings, dtype=np.float32),
             base_event_seq=int(base_seq),
         )
     return records

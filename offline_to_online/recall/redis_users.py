@@ -162,6 +162,9 @@ def compare_records(expected: R.UserProfileRecord, actual: R.UserProfileRecord |
         return "seen items differ"
     if not np.array_equal(actual.seen_labels, expected.seen_labels):
         return "seen labels differ"
+    ratings = [r.tolist() if r is not None else None for r in (actual.seen_ratings, expected.seen_ratings)]
+    if ratings[0] != ratings[1]:
+        return "seen ratings differ"
     if actual.base_event_seq != expected.base_event_seq:
         return f"base_event_seq {actual.base_event_seq} != {expected.base_event_seq}"
     return None

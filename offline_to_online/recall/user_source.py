@@ -22,6 +22,7 @@ from data_exchange_center.redis_layout import UserProfileRecord
 
 _EMPTY_ITEMS = np.zeros(0, dtype=np.int64)
 _EMPTY_LABELS = np.zeros(0, dtype=np.int8)
+_EMPTY_RATINGS = np.zeros(0, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class UserSource:
     vectors: np.ndarray  # (n_vectors, dim) float32
     seen: list[np.ndarray]  # (n_users,) int64 item ids in time order
     seen_labels: list[np.ndarray]  # (n_users,) int8 labels aligned with ``seen``
+    seen_ratings: list[np.ndarray]  # (n_users,) float32 ratings aligned with ``seen``
     base_event_seqs: np.ndarray | None = None  # (n_users,) int64: the newest event in the seen items, 0 = none
 
     @property
@@ -52,6 +54,7 @@ class UserSource:
             vector=self.vectors[row] if row >= 0 else None,
             seen=self.seen[position],
             seen_labels=self.seen_labels[position],
+            seen_ratings=self.seen_ratings[position],
             base_event_seq=int(self.base_event_seqs[position]) if self.base_event_seqs is not None else 0,
         )
 
@@ -59,7 +62,7 @@ class UserSource:
 def load_user_source(paths: ArtifactPaths) -> UserSource:
     """Read and check the three user artifacts; ``ArtifactError`` names the file and the problem."""
     profiles = read_parquet(paths.user_profiles_path, (S.USER_ID, S.TERMS))
-    seen = read_parquet(paths.user_seen_path, (S.USER_ID, S.ITEMS, S.LABELS))
+    seen = read_parquet(paths.user_seen_path, (S.USER_ID, S.ITEMS, S.LABELS, S.RATINGS))
     vectors = read_npz(paths.user_vectors_path, (S.VECTOR_IDS, S.VECTORS))
     ids, matrix = check_vectors(vectors, paths.user_vectors_path.name)
     check_vector_dims(paths)
@@ -134,16 +137,20 @@ def align_users(profiles: pd.DataFrame, seen: pd.DataFrame, vector_ids: np.ndarr
         terms[pos] = [] if user_terms is None else [str(t) for t in user_terms]
     seen_items = [_EMPTY_ITEMS] * len(userids)
     seen_labels = [_EMPTY_LABELS] * len(userids)
-    for pos, items, labels, userid in zip(
-        index.get_indexer(seen[S.USER_ID]), seen[S.ITEMS], seen[S.LABELS], seen[S.USER_ID], strict=True
+    seen_ratings = [_EMPTY_RATINGS] * len(userids)
+    for pos, items, labels, ratings, userid in zip(
+        index.get_indexer(seen[S.USER_ID]), seen[S.ITEMS], seen[S.LABELS], seen[S.RATINGS], seen[S.USER_ID],
+        strict=True,
     ):
         items_arr = np.asarray(items if items is not None else [], dtype=np.int64)
         labels_arr = np.asarray(labels if labels is not None else [], dtype=np.int8)
-        if len(items_arr) != len(labels_arr):
+        ratings_arr = np.asarray(ratings if ratings is not None else [], dtype=np.float32)
+        if not len(items_arr) == len(labels_arr) == len(ratings_arr):
             raise ArtifactError(
-                f"user_seen.parquet: user {userid} has {len(items_arr)} items but {len(labels_arr)} labels"
+                f"user_seen.parquet: user {userid} has {len(items_arr)} items but {len(labels_arr)} labels "
+                f"and {len(ratings_arr)} ratings"
             )
-        seen_items[pos], seen_labels[pos] = items_arr, labels_arr
+        seen_items[pos], seen_labels[pos], seen_ratings[pos] = items_arr, labels_arr, ratings_arr
     vector_rows = np.full(len(userids), -1, dtype=np.int64)
     vector_rows[index.get_indexer(vector_ids)] = np.arange(len(vector_ids))
-    return UserSource(userids, terms, vector_rows, vectors, seen_items, seen_labels)
+    return UserSource(userids, terms, vector_rows, vectors, seen_items, seen_labels, seen_ratings)

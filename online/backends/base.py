@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from data_exchange_center.chain import ItemIndexLike, RankingPolicy, TriggerPolicy, UserState
+from data_exchange_center.feature_spec import FeatureSpec
 from online.backends.versions import NotLoaded, Refreshing
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ class ItemIndexProvider(Lifecycle, Protocol):
 
 class FeatureSnapshot(Protocol):
     version: str
-    n_evidence: int  # the spec's recall-evidence fields, which end the ranker's dense inputs
+    spec: FeatureSpec  # the version's feature spec (its recall-evidence fields end the ranker's dense inputs)
 
     def item_rows(self, items: np.ndarray) -> Encoded:
         """Encoded features of ``items`` (n,) from the per-version cache; unknown items get defaults."""

@@ -36,6 +36,7 @@ class UserTable:
     vector_rows: np.ndarray  # (n_users,) int64, -1 when the user has no vector
     vectors: np.ndarray  # (n_vectors, dim) float32
     base_event_seqs: np.ndarray  # (n_users,) int64, 0 when no event-log rating is in the base
+    seen_ratings: np.ndarray | None = None  # (total_seen,) float32 aligned with seen_items; None: not published
 
     def lookup(self, userid: int) -> UserState | None:
         pos = int(np.searchsorted(self.userids, userid))
@@ -49,6 +50,7 @@ class UserTable:
             seen=self.seen_items[lo:hi],
             seen_labels=self.seen_labels[lo:hi],
             base_event_seq=int(self.base_event_seqs[pos]),
+            seen_ratings=self.seen_ratings[lo:hi] if self.seen_ratings is not None else None,
         )
 
 
@@ -73,6 +75,11 @@ def load_user_table(version_dir: Path, version: str) -> UserTable:
     label_offsets, labels = _list_column(table, L.SEEN_LABELS, np.int8)
     if not np.array_equal(offsets, label_offsets):
         raise ArtifactError(f"{path}: seen and seen_labels are not aligned")
+    ratings = None
+    if L.SEEN_RATINGS in table.column_names:  # versions published before the ratings have none
+        rating_offsets, ratings = _list_column(table, L.SEEN_RATINGS, np.float32)
+        if not np.array_equal(offsets, rating_offsets):
+            raise ArtifactError(f"{path}: seen and seen_ratings are not aligned")
     terms = [[str(t) for t in ts] if ts else [] for ts in table.column(S.TERMS).to_pylist()]
     arrays = read_npz(version_dir / L.USERS_VECTORS_FILE, (S.VECTOR_IDS, S.VECTORS))
     vector_ids = arrays[S.VECTOR_IDS].astype(np.int64)
@@ -84,7 +91,7 @@ def load_user_table(version_dir: Path, version: str) -> UserTable:
     names = table.column_names
     base = (table.column(L.BASE_EVENT_SEQ).to_numpy().astype(np.int64) if L.BASE_EVENT_SEQ in names
             else np.zeros(len(userids), np.int64))  # versions published before the watermark existed  # fmt: skip
-    return UserTable(version, userids, terms, offsets, seen, labels, vector_rows, vectors, base)
+    return UserTable(version, userids, terms, offsets, seen, labels, vector_rows, vectors, base, ratings)
 
 
 class EmbeddedProfileStore:

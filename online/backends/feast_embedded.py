@@ -49,7 +49,7 @@ class FeatureTables:
     version: str
     users: EncodedTable
     items: EncodedTable
-    n_evidence: int = 0  # the ranker's dense inputs end with this many recall-evidence fields
+    spec: FeatureSpec  # the version's feature spec
 
     def item_rows(self, items: np.ndarray) -> Encoded:
         return self.items.rows(items)
@@ -116,7 +116,7 @@ def load_feature_tables(repo_dir: Path) -> FeatureTables:
     if live_version(store) != version:
         raise ArtifactError(f"Feast version changed from {version} while it was read; reading again")
     log.info("Feast version %s: %d users, %d items encoded", version, len(users.ids), len(items.ids))
-    return FeatureTables(version, users, items, spec.n_evidence)
+    return FeatureTables(version, users, items, spec)
 
 
 def registry_stamp(repo_dir: Path) -> str | None:

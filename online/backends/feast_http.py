@@ -36,7 +36,7 @@ class ItemFeatures:
     version: str
     items: EncodedTable
     unknown_user: Encoded
-    n_evidence: int = 0
+    spec: FeatureSpec
 
     def item_rows(self, items: np.ndarray) -> Encoded:
         return self.items.rows(items)
@@ -94,7 +94,7 @@ class FeastHttpFeatureStore:
         reply = self._post(L.ITEM_FEATURE_SERVICE, S.ITEM_ID, self.item_ids, LOAD_TIMEOUT_S)
         frame = pd.DataFrame(columns_of(reply))
         items = EncodedTable.from_frame(self.spec, "item", frame, S.ITEM_ID)
-        return ItemFeatures(version, items, self.user_encoder.encode({}), self.spec.n_evidence)
+        return ItemFeatures(version, items, self.user_encoder.encode({}), self.spec)
 
     def current(self) -> ItemFeatures:
         return self.items.get()

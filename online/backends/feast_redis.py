@@ -98,7 +98,7 @@ class FeastRedisSnapshot:
     users: FeastRedisView
     user_encoder: RowEncoder
     items: EncodedTable
-    n_evidence: int = 0
+    spec: FeatureSpec
 
     def item_rows(self, items: np.ndarray) -> Encoded:
         return self.items.rows(items)
@@ -147,7 +147,7 @@ class FeastRedisFeatureStore:
         ids = pd.read_parquet(ids_path, columns=[S.ITEM_ID])[S.ITEM_ID].astype(int).tolist()
         items = EncodedTable.from_frame(spec, "item", read_items(self.load_client, items_view, ids), S.ITEM_ID)
         log.info("Feast version %s from Redis: %d items encoded", version, len(items.ids))
-        return FeastRedisSnapshot(version, users, RowEncoder(spec, "user"), items, spec.n_evidence)
+        return FeastRedisSnapshot(version, users, RowEncoder(spec, "user"), items, spec)
 
     def current(self) -> FeastRedisSnapshot:
         return self.tables.get()

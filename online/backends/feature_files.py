@@ -37,7 +37,7 @@ def load_source_tables(repo_dir: Path) -> FeatureTables:
         if not path.exists():
             raise ArtifactError(f"missing {path}: run offline_to_online/rank/s1_feature_to_feast.py")
         tables[source] = EncodedTable.from_frame(spec, source, pd.read_parquet(path), key)  # type: ignore[arg-type]
-    return FeatureTables(version, tables["user"], tables["item"], spec.n_evidence)
+    return FeatureTables(version, tables["user"], tables["item"], spec)
 
 
 class FeatureFilesStore:

@@ -57,7 +57,8 @@ class RedisProfileStore:
         record = R.decode_user(userid, fields)
         if record is None:
             return None, version
-        state = UserState(record.terms, record.vector, record.seen, record.seen_labels, record.base_event_seq)
+        state = UserState(record.terms, record.vector, record.seen, record.seen_labels, record.base_event_seq,
+                          record.seen_ratings)  # fmt: skip
         return state, version
 
     def _hgetall(self, version: str, userid: int, timeout_s: float) -> dict[bytes, bytes]:

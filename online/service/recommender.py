@@ -36,6 +36,7 @@ from data_exchange_center.events import recent_terms
 from data_exchange_center.experiments import DEFAULT_VARIANT, Variant
 from data_exchange_center.feature_spec import combine_features
 from data_exchange_center.item_catalog import ItemCatalog
+from data_exchange_center.user_history import encoded_history_row
 from online.backends.base import (
     BackendError,
     Encoded,
@@ -118,6 +119,7 @@ class _Request:
     step_seconds: dict[str, float] = field(default_factory=dict)
     variant: Variant = field(default_factory=lambda: Variant(DEFAULT_VARIANT, 1.0))
     recall: dict[str, Any] = field(default_factory=dict)  # what ``explain`` re-reads: results, index
+    live_timeline: chain.UserState | None = None  # the user's state after live events (with ratings), if any
 
     def mark_degraded(self, role: str) -> None:
         if role not in self.degraded:
@@ -196,6 +198,9 @@ class Recommender:
         result = self.live.apply(req.userid, state, req.deadline, req.variant.live_events)
         if result.degraded:
             req.degraded.append("events")
+        live_history = req.variant.live_history and result.state is not None and result.state.seen_ratings is not None
+        if result.n_events and live_history:
+            req.live_timeline = result.state  # the ranker's history features follow the events
         if result.n_events and result.state is not None and self.catalog is not None:
             catalog = self.catalog()
             if not len(catalog):
@@ -287,8 +292,20 @@ class Recommender:
             req.degraded.append("features")
             user_part, snapshot = self._fallback_user_row(snapshot, req.userid)
         req.versions["features"] = snapshot.version
-        evidence = chain.candidate_evidence(candidates) if snapshot.n_evidence else None
+        if req.live_timeline is not None:
+            user_part = self._live_history_row(snapshot, user_part, req.live_timeline)
+        evidence = chain.candidate_evidence(candidates) if snapshot.spec.n_evidence else None
         return combine_features(user_part, snapshot.item_rows(candidates.items), evidence)
+
+    @staticmethod
+    def _live_history_row(snapshot: FeatureSnapshot, user_part: Encoded, timeline: chain.UserState) -> Encoded:
+        """The user's row with the history features of the timeline after the live events (the offline
+        formulas, ``user_history``): the feature store's row holds them as of the published version."""
+        assert timeline.seen_ratings is not None
+        dense = encoded_history_row(
+            snapshot.spec, timeline.seen_labels, timeline.seen_ratings, snapshot.item_rows(timeline.seen)[1]
+        )
+        return user_part if dense is None else (user_part[0], dense)
 
     def _fallback_user_row(self, snapshot: FeatureSnapshot | None, userid: int) -> tuple[Encoded, FeatureSnapshot]:
         """The primary's cached row, else the fallback store's row (its items too when the primary has none)."""

@@ -19,18 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
 import pytest
 from flask import Flask
 
-from data_exchange_center import chain
 from data_exchange_center import schema as S
 from data_exchange_center.events import Event, StoredEvent, apply_events, recent_terms
 from data_exchange_center.experiments import assign_variant, parse_variants
-from data_exchange_center.feature_spec import FeatureSpec, combine_features
 from data_exchange_center.item_catalog import ItemCatalog, catalog_from_artifacts
-from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.settings import load_settings
 from online.backends.base import BackendError, ReadyStatus
 from online.backends.event_log import AppendResult
@@ -38,7 +34,7 @@ from online.backends.sqlite_events import SqliteEventLog
 from online.main.s1_server import create_app, service_of
 from scripts.native_servers import REPO_ROOT, RedisServer, free_port
 from tests.fixtures_artifacts import TinyArtifacts
-from tests.online_support import POLICY, QUOTAS, TRIGGERS, copy_published, publish_tiny, user_state
+from tests.online_support import POLICY, copy_published, expected_list, publish_tiny, user_state
 
 pytestmark = pytest.mark.integration
 
@@ -84,31 +80,26 @@ def event(userid: int, itemid: int, n: int, rating: float = 5.0) -> dict[str, An
     return {"userid": userid, "itemid": itemid, "rating": rating, "timestamp": 1_000_000 + n, "event_id": f"t-{n}"}
 
 
-def expected_with_events(tiny: TinyArtifacts, userid: int, items: list[int], labels: list[int], size: int) -> list[int]:
-    """The chain's list from the artifacts with the events applied by the shared function."""
+def expected_with_events(
+    tiny: TinyArtifacts, userid: int, items: list[int], ratings: list[float], size: int
+) -> list[int]:
+    """The chain's list from the artifacts with the events applied by the shared functions (the seen
+    filter, triggers, terms and the ranker's history features)."""
+    return expected_scores(tiny, userid, items, ratings, size)[0]
+
+
+def expected_scores(
+    tiny: TinyArtifacts, userid: int, items: list[int], ratings: list[float], size: int, history: bool = True
+) -> tuple[list[int], list[float]]:
+    """The list and its scores; ``history=False``: with the published history features (no live ones)."""
     paths = tiny.paths
-    state = apply_events(user_state(paths, userid), np.array(items), np.array(labels))
+    labels = (np.array(ratings) > S.POSITIVE_RATING_THRESHOLD).astype(np.int8)
+    state = apply_events(user_state(paths, userid), np.array(items), labels, np.array(ratings))
     if items:  # the service's terms follow the events (the recent window's genres)
         catalog = ItemCatalog.from_frame(catalog_from_artifacts(paths))
         state = dataclasses.replace(state, terms=recent_terms(state.seen, state.seen_labels, catalog.genres_of_items))
-    quotas = dict(QUOTAS, popularity=max(QUOTAS["popularity"], size))
-    results, i2i_all = chain.recall_channels(ItemIndex.load(paths), state, quotas, TRIGGERS)
-    candidates = chain.merge_candidates(results, *i2i_all)
-    spec = FeatureSpec.load(paths.feature_spec_path)
-    users = pd.read_parquet(paths.user_features_path)
-    user_rows = users[users[S.USER_ID] == userid]
-    user_part = spec.encode_users(user_rows) if len(user_rows) else None
-    item_frame = pd.read_parquet(paths.item_features_path).set_index(S.ITEM_ID).loc[candidates.items].reset_index()
-    item_part = spec.encode_items(item_frame)
-    if user_part is None:  # an unknown user: the default row (unknown categories, zero dense values)
-        from online.backends.feature_tables import default_row
-
-        user_part = default_row(spec, "user")
-    sparse, dense = combine_features(user_part, item_part)
-    session = ort.InferenceSession(str(paths.onnx_path), providers=["CPUExecutionProvider"])
-    like = session.run(["score"], {"sparse_ids": sparse, "dense": dense})[0][:, 0]
-    policy = POLICY
-    return chain.rank_and_cut(candidates, chain.final_scores(candidates, like, policy), size)[0].tolist()
+    ranked, scores = expected_list(paths, userid, size, state, POLICY, live_history=bool(items) and history)
+    return ranked.tolist(), np.round(scores.astype(np.float64), 6).tolist()
 
 
 # --- ingest ---------------------------------------------------------------------------------------------
@@ -174,8 +165,22 @@ def test_the_next_list_reflects_the_events_as_the_offline_function_says(app: Fla
     assert post(app, [event(userid, shown[0], 1, 5.0), event(userid, shown[1], 2, 2.0)]).status_code == 202
     after = rec(app, userid)
     assert not set(shown) & set(items_of(after))  # the seen filter
-    assert items_of(after) == expected_with_events(tiny, userid, shown, [1, 0], 10)
+    assert items_of(after) == expected_with_events(tiny, userid, shown, [5.0, 2.0], 10)
     assert items_of(after) != items_of(before)
+
+
+def test_the_rankers_history_features_follow_the_events(app: Flask, tiny: TinyArtifacts) -> None:
+    """The scores after events are those of the history features of the new timeline (the offline
+    formulas), not those of the published feature row."""
+    userid = int(tiny.userids[2])
+    seen = set(user_state(tiny.paths, userid).seen.tolist())
+    shown = [i for i in items_of(rec(app, userid)) if i not in seen][:3]
+    ratings = [1.0, 1.0, 2.0]  # three dislikes: the click rates drop
+    assert post(app, [event(userid, item, n, r) for n, (item, r) in enumerate(zip(shown, ratings, strict=True))])
+    body = rec(app, userid)
+    served = ([e["itemid"] for e in body["item_list"]], [e["score"] for e in body["item_list"]])
+    assert served == expected_scores(tiny, userid, shown, ratings, 10)
+    assert served[1] != expected_scores(tiny, userid, shown, ratings, 10, history=False)[1]
 
 
 def test_events_already_in_the_published_base_are_not_applied_again(tiny: TinyArtifacts, tmp_path: Path) -> None:
@@ -193,9 +198,10 @@ def test_events_already_in_the_published_base_are_not_applied_again(tiny: TinyAr
         unseen = [i for i in tiny.itemids.tolist() if i not in set(user_state(tiny.paths, userid).seen.tolist())]
         sent = [event(userid, unseen[0], 1), event(userid, unseen[1], 2), event(userid, unseen[2], 3)]
         assert post(app, sent).status_code == 202  # store seqs 1, 2, 3
-        assert items_of(rec(app, userid)) == expected_with_events(looped, userid, [unseen[2]], [1], 10)
+        assert items_of(rec(app, userid)) == expected_with_events(looped, userid, [unseen[2]], [5.0], 10)
         assert post(app, [event(other, unseen[0], 4), event(other, unseen[1], 5)]).status_code == 202
-        assert items_of(rec(app, other)) == expected_with_events(looped, other, unseen[:2], [1, 1], 10)  # watermark 0
+        expected = expected_with_events(looped, other, unseen[:2], [5.0, 5.0], 10)  # watermark 0
+        assert items_of(rec(app, other)) == expected
     finally:
         service_of(app).close()
 
@@ -227,7 +233,7 @@ def test_a_new_user_with_events_gets_a_personal_list(app: Flask, tiny: TinyArtif
     assert post(app, [event(newcomer, liked[0], 1), event(newcomer, liked[1], 2)]).status_code == 202
     warm = items_of(rec(app, newcomer))
     assert warm != cold and not set(liked) & set(warm)
-    assert warm == expected_with_events(tiny, newcomer, liked, [1, 1], 10)
+    assert warm == expected_with_events(tiny, newcomer, liked, [5.0, 5.0], 10)
 
 
 def test_an_event_on_one_worker_is_seen_by_another(data_dir: Path, tiny: TinyArtifacts) -> None:
@@ -376,7 +382,7 @@ def test_the_redis_event_log_serves_the_same_live_state(data_dir: Path, tiny: Ti
         reply = post(first, [event(userid, target, 1), event(userid, target, 1)])
         assert reply.status_code == 202 and reply.get_json() == {"accepted": 2, "stored": 1, "duplicates": 1}
         assert target not in items_of(rec(second, userid))
-        assert items_of(rec(second, userid)) == expected_with_events(tiny, userid, [target], [1], 10)
+        assert items_of(rec(second, userid)) == expected_with_events(tiny, userid, [target], [5.0], 10)
         redis_server.kill()  # the log dies: lists fall back to the published profile, events are refused
         assert rec(second, userid)["degraded"] == ["events"]
         assert post(first, event(userid, target, 2)).status_code == 503

@@ -33,7 +33,7 @@ def test_check_passes_on_triton_grpc_and_http(
         assert s3_check_offline_and_online.main(args) == 0
         table = capsys.readouterr().out
         assert f"triton grpc {server.grpc_url}" in table and f"triton http {server.http_url}" in table
-        assert table.count(" yes") == 3 and " NO" not in table
+        assert table.count(" yes") == 4 and " NO" not in table and "history features" in table
 
         rows = load_check_rows(tiny.paths, tiny.spec, 400)
         score = triton_scorer(server.grpc_url)

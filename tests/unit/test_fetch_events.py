@@ -68,7 +68,8 @@ def test_the_base_watermark_is_the_newest_event_in_the_published_seen_items() ->
     from offline_to_online.recall.user_source import align_users, base_event_seqs
 
     profiles = pd.DataFrame({S.USER_ID: [1, 2, 3], S.TERMS: [[], [], []]})
-    seen = pd.DataFrame({S.USER_ID: [1, 2, 3], S.ITEMS: [[10, 11, 12], [10], [13]], S.LABELS: [[1, 0, 1], [1], [0]]})
+    seen = pd.DataFrame({S.USER_ID: [1, 2, 3], S.ITEMS: [[10, 11, 12], [10], [13]], S.LABELS: [[1, 0, 1], [1], [0]],
+                         S.RATINGS: [[5.0, 2.0, 4.0], [4.0], [1.0]]})  # fmt: skip
     source = align_users(profiles, seen, np.zeros(0, np.int64), np.zeros((0, 2), np.float32))
     # user 1: events 4 and 9 made it into the base, 15 (item 14) is in the holdout; user 2 none; user 3 one
     events = pd.DataFrame({S.USER_ID: [1, 1, 1, 2, 3], S.ITEM_ID: [11, 12, 14, 99, 13], "seq": [4, 9, 15, 7, 2]})

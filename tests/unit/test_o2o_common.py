@@ -65,3 +65,20 @@ def test_cli_profile_and_data_dir_override_the_environment(monkeypatch: pytest.M
     assert (settings.profile, settings.data_dir, settings.redis_url) == ("embedded", tmp_path, "redis://env:6379/0")
     assert settings.redis_namespace == "ns"
     assert stage_settings(stage_parser("x").parse_args([])).profile == "compose"
+
+
+def test_the_history_check_recomputes_the_published_rows_and_catches_a_changed_one(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from offline_to_online.rank.score_check import check_history_features
+    from tests.fixtures_artifacts import write_tiny_artifacts
+
+    tiny = write_tiny_artifacts(tmp_path)
+    result = check_history_features(tiny.paths, tiny.spec)
+    assert result is not None and result.ok and result.max_abs_diff == 0.0
+    assert result.n_rows == len(tiny.userids) - 1  # every user with a seen list (the first one has none)
+    users = pd.read_parquet(tiny.paths.user_features_path)
+    users.loc[5, "hist_mean_rating"] += 0.01  # a feature row that no timeline gives
+    users.to_parquet(tiny.paths.user_features_path)
+    changed = check_history_features(tiny.paths, tiny.spec)
+    assert changed is not None and not changed.ok and "feature table" in changed.reference

@@ -3,6 +3,8 @@ features against a brute-force loop, serving rows equal to a next impression, re
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,15 @@ import pytest
 from data_exchange_center import chain
 from data_exchange_center import schema as S
 from data_exchange_center.artifacts import ArtifactError
-from data_exchange_center.feature_spec import FeatureSpec
+from data_exchange_center.feature_spec import DenseField, FeatureSpec
+from data_exchange_center.user_history import (
+    RECENT_WINDOWS,
+    all_affinity_columns,
+    encoded_history_row,
+    history_feature_columns,
+    history_features,
+    window_columns,
+)
 from offline.preprocess.pit_features import item_genre_flags, online_user_profiles, training_pit_features
 from offline.preprocess.split import split_by_time
 from offline.rank.features import (
@@ -20,7 +30,7 @@ from offline.rank.features import (
     build_ranking_tables,
     sample_item_rows,
 )
-from offline.rank.user_history import RECENT_WINDOWS, UserHistory, all_affinity_columns, window_columns
+from offline.rank.user_history import UserHistory
 
 pytestmark = pytest.mark.unit
 
@@ -56,14 +66,16 @@ def build(ratings: pd.DataFrame = RATINGS, users: pd.DataFrame = USERS, items: p
     return build_ranking_tables(samples, pit, profiles, users, items, dataset="tiny")
 
 
-def random_ratings(n_users: int = 4, n_per_user: int = 40, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def random_ratings(
+    n_users: int = 4, n_per_user: int = 40, seed: int = 0, n_items: int = 60
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     genres = ["Action", "Comedy", "Drama", "Sci-Fi"]
     items = pd.DataFrame(
         {
-            S.ITEM_ID: 100 + 3 * np.arange(60),  # sparse ids
+            S.ITEM_ID: 100 + 3 * np.arange(n_items),  # sparse ids
             S.TITLE: "t",
-            S.GENRES: [list(rng.choice(genres, size=rng.integers(1, 3), replace=False)) for _ in range(60)],
+            S.GENRES: [list(rng.choice(genres, size=rng.integers(1, 3), replace=False)) for _ in range(n_items)],
         }
     )
     rows = [
@@ -227,6 +239,52 @@ def test_serving_features_equal_those_of_the_next_impression() -> None:
     expected = online[user_columns].set_index(S.USER_ID).sort_index()
     actual = tables.user_features[user_columns].set_index(S.USER_ID).sort_index()
     pd.testing.assert_frame_equal(actual, expected, check_dtype=False)
+
+
+def test_one_timeline_gives_the_offline_rows_bit_for_bit() -> None:
+    """``user_history.history_features`` (what the service computes for a user with live events) over the
+    impressions before a position equals the offline table's row at that position, for every train row
+    and every serving row; encoded, it equals the spec's encoding of that row."""
+    ratings, items = random_ratings(n_users=3, n_per_user=160, seed=3, n_items=200)  # past the 100-long window
+    samples, pit, profiles = preprocess(ratings, items, n_online=5)
+    tables = build_ranking_tables(samples, pit, profiles, USERS.iloc[:0][[S.USER_ID]], items, "random")
+    genres = tables.spec.genres
+    flags = build_item_features(items, genres).set_index(S.ITEM_ID).loc[:, [S.genre_flag_column(g) for g in genres]]
+    columns = history_feature_columns(genres)
+    user_dense = [f.name for f in tables.spec.fields_of("user")[1]]
+    assert sorted(user_dense) == sorted(columns)  # the function covers every user dense field
+
+    def timeline(user: int, before_seq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = samples[(samples[S.USER_ID] == user) & (samples[S.SEQ] < before_seq)]
+        return rows[S.LABEL].to_numpy(), rows[S.RATING].to_numpy(), flags.loc[rows[S.ITEM_ID]].to_numpy()
+
+    for _, row in tables.train.iterrows():
+        actual = history_features(*timeline(int(row[S.USER_ID]), int(row[S.SEQ])))
+        np.testing.assert_array_equal(actual, row[columns].to_numpy(np.float32), err_msg=f"seq {row[S.SEQ]}")
+    offline_end = samples[samples[S.SPLIT] != S.SPLIT_ONLINE].groupby(S.USER_ID)[S.SEQ].max() + 1
+    encoded_table = tables.spec.encode_users(tables.user_features)[1]
+    for position, (_, row) in enumerate(tables.user_features.iterrows()):
+        labels, user_ratings, user_flags = timeline(int(row[S.USER_ID]), int(offline_end[row[S.USER_ID]]))
+        np.testing.assert_array_equal(history_features(labels, user_ratings, user_flags),
+                                      row[columns].to_numpy(np.float32))  # fmt: skip
+        item_dense = np.zeros((len(labels), len(genres) + 2), np.float32)
+        item_dense[:, 1:-1] = user_flags  # the genre flags are found by name among the item fields
+        spec = dataclasses.replace(tables.spec, dense=[
+            *tables.spec.fields_of("user")[1], DenseField("other", "item", normalize=False),
+            *tables.spec.fields_of("item")[1], DenseField("other2", "item", normalize=False),
+        ])  # fmt: skip
+        encoded = encoded_history_row(spec, labels, user_ratings, item_dense)
+        assert encoded is not None
+        np.testing.assert_array_equal(encoded[0], encoded_table[position])
+
+
+def test_a_spec_with_user_fields_that_are_not_history_features_is_not_covered() -> None:
+    tables = build()
+    extra = dataclasses.replace(tables.spec, dense=[DenseField("age_days", "user"), *tables.spec.dense])
+    n_item_dense = len(tables.spec.fields_of("item")[1])
+    flags = np.zeros((2, n_item_dense), np.float32)
+    assert encoded_history_row(extra, np.array([1, 0]), np.array([5.0, 2.0]), flags) is None
+    assert encoded_history_row(tables.spec, np.array([1, 0]), np.array([5.0, 2.0]), flags) is not None
 
 
 # --- bad inputs --------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ The bytes below are the ones written in ONLINE_STORE_FORMAT.md; a change here is
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -133,6 +135,21 @@ def test_the_base_event_seq_is_a_decimal_field_absent_when_zero() -> None:
     assert decoded is not None and decoded.base_event_seq == 12345
     plain = R.encode_user(R.UserProfileRecord(userid=3))
     assert b"base_event_seq" not in plain and R.decode_user(3, plain).base_event_seq == 0  # type: ignore[union-attr]
+
+
+def test_seen_ratings_are_float32_bytes_aligned_with_seen_and_absent_in_older_versions() -> None:
+    record = R.UserProfileRecord(userid=3, seen=np.array([7, 9], np.int64), seen_labels=np.array([1, 0], np.int8),
+                                 seen_ratings=np.array([4.0, 2.0], np.float32))  # fmt: skip
+    fields = R.encode_user(record)
+    assert fields[b"seen_ratings"] == b"\x00\x00\x80\x40\x00\x00\x00\x40"
+    decoded = R.decode_user(3, fields)
+    assert decoded is not None and decoded.seen_ratings is not None and decoded.seen_ratings.tolist() == [4.0, 2.0]
+    older = {k: v for k, v in fields.items() if k != b"seen_ratings"}
+    assert R.decode_user(3, older).seen_ratings is None  # type: ignore[union-attr]
+    with pytest.raises(R.RedisLayoutError, match="ratings"):
+        R.decode_user(3, {**fields, b"seen_ratings": R.encode_ratings([4.0])})
+    with pytest.raises(R.RedisLayoutError, match="ratings"):
+        R.encode_user(dataclasses.replace(record, seen_ratings=np.array([4.0], np.float32)))
 
 
 def test_user_without_vector_has_no_vector_field() -> None:
