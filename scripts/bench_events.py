@@ -6,7 +6,8 @@
    a fresh event log in a temporary folder (``RECSYS_EVENTS_PATH``), and waits for ``GET /ready``;
 2. baseline: ``POST /ml/rec`` at ``--rate`` requests/s (open loop, ``bench_online.open_loop``) alone;
 3. ingest: the same recommendation load while ``--ingest-procs`` processes post batches of
-   ``--batch`` events (random published users and items) as fast as the service acknowledges them;
+   ``--batch`` events (random published users and items) as fast as the service acknowledges them, or
+   paced at ``--ingest-rate`` events/s in all (the goal's 2,000);
    events/s acknowledged (202), and the recommendation latency meanwhile;
 4. event-to-visible: ``--probes`` times, a user's top item is posted as an event and ``/ml/rec`` is asked
    again (each request goes to whichever worker accepts it) until the item is gone from the list; the
@@ -50,14 +51,19 @@ def post_json(conn: http.client.HTTPConnection, path: str, body: Any) -> tuple[i
 
 
 def ingest_worker(
-    port: int, users: np.ndarray, items: np.ndarray, batch: int, duration_s: float, seed: int, out: Any
+    port: int, users: np.ndarray, items: np.ndarray, batch: int, duration_s: float, seed: int, out: Any,
+    interval_s: float = 0.0,
 ) -> None:
-    """Post batches until ``duration_s`` is over; puts (acknowledged events, failed batches, batch latencies)."""
+    """Post batches until ``duration_s`` is over, batch ``n`` at ``start + n * interval_s`` (0: each as soon
+    as the previous one is acknowledged); puts (acknowledged events, failed batches, batch latencies)."""
     rng = np.random.default_rng(seed)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     acked, failed, latencies, n = 0, 0, [], 0
-    deadline = time.monotonic() + duration_s
+    start = time.monotonic()
+    deadline = start + duration_s
     while time.monotonic() < deadline:
+        if interval_s:
+            time.sleep(max(0.0, start + n * interval_s - time.monotonic()))
         events = [
             {
                 "userid": int(u),
@@ -80,8 +86,9 @@ def ingest_worker(
 def run_ingest(args: argparse.Namespace, port: int, users: np.ndarray, items: np.ndarray) -> dict[str, Any]:
     """The recommendation load at ``args.rate`` while ingest processes post events; both measured."""
     queue: Any = mp.Queue()
+    interval = args.batch * args.ingest_procs / args.ingest_rate if args.ingest_rate else 0.0  # per process
     procs = [
-        mp.Process(target=ingest_worker, args=(port, users, items, args.batch, args.duration, seed, queue))
+        mp.Process(target=ingest_worker, args=(port, users, items, args.batch, args.duration, seed, queue, interval))
         for seed in range(args.ingest_procs)
     ]
     started = time.monotonic()
@@ -146,6 +153,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of each load phase")
     parser.add_argument("--batch", type=int, default=100, help="events per POST /ml/events")
     parser.add_argument("--ingest-procs", type=int, default=2, help="processes posting events")
+    parser.add_argument(
+        "--ingest-rate", type=float, default=0.0, help="events/s offered in all (paced); 0: as fast as acknowledged"
+    )
     parser.add_argument("--probes", type=int, default=200, help="event-to-visible probes")
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)

@@ -101,17 +101,28 @@ def start_server(
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
 
 
+WARM_STREAK = 40  # consecutive 200s to POST /ml/rec on new connections: every worker has loaded
+
+
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 300) -> float:
-    started = time.monotonic()
+    """Seconds until the server serves: ``/ready`` answers 200 (from whichever worker took the connection),
+    then ``WARM_STREAK`` recommendations in a row succeed, each on a new connection (so that every worker
+    has loaded its snapshots: a worker still loading answers 503 ``not_ready`` while its sibling is ready)."""
+    started, streak, body = time.monotonic(), 0, json.dumps({"userid": 1}).encode()
     while time.monotonic() - started < timeout_s:
         if proc.poll() is not None:
             sys.exit(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url + "/ready", timeout=2) as reply:
-                if reply.status == 200:
-                    return time.monotonic() - started
+                ready = reply.status == 200
+            while ready and streak < WARM_STREAK:
+                request = urllib.request.Request(url + "/ml/rec", body, {"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=2) as reply:
+                    streak = streak + 1 if reply.status == 200 else 0
+            if streak >= WARM_STREAK:
+                return time.monotonic() - started
         except OSError:
-            pass
+            streak = 0
         time.sleep(0.5)
     sys.exit(f"the server was not ready after {timeout_s} s:\n{log_path.read_text()[-3000:]}")
 
