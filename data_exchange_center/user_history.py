@@ -94,6 +94,15 @@ def history_features(labels: np.ndarray, ratings: np.ndarray, genre_flags: np.nd
     return out
 
 
+def table_rows(ids: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The rows of ``values`` (one per id of the sorted ``ids``) for ``wanted`` ids, zeros for an id
+    without a row (an item unknown to the feature table has no genre)."""
+    if not len(ids):
+        return np.zeros((len(wanted), values.shape[1]), dtype=values.dtype)
+    pos = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
+    return np.where((ids[pos] == wanted)[:, None], values[pos], 0).astype(values.dtype, copy=False)
+
+
 def encoded_history_row(
     spec: FeatureSpec, labels: np.ndarray, ratings: np.ndarray, seen_item_dense: np.ndarray
 ) -> np.ndarray | None:

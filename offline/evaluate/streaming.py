@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from data_exchange_center import chain
@@ -34,7 +33,7 @@ from data_exchange_center.item_index import ItemIndex
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import Settings
 from data_exchange_center.streaming import MODES, STREAM_K, UserWalk, holdout_walks, next_item_metrics
-from data_exchange_center.user_history import encoded_history_row
+from data_exchange_center.user_history import encoded_history_row, table_rows
 from offline.common.user_states import UserStates
 from offline.rank.scoring import load_session, score_candidates
 
@@ -106,8 +105,8 @@ class _Walker:
         self.spec = FeatureSpec.load(paths.feature_spec_path)
         self.user_features = read_parquet(paths.user_features_path, (S.USER_ID,))
         self.item_features = read_parquet(paths.item_features_path, (S.ITEM_ID,))
-        self.item_positions = pd.Index(self.item_features[S.ITEM_ID].to_numpy())
-        self.item_dense = self.spec.encode_items(self.item_features)[1]  # (n_items, m_i)
+        by_id = self.item_features.sort_values(S.ITEM_ID)
+        self.item_ids, self.item_dense = by_id[S.ITEM_ID].to_numpy(), self.spec.encode_items(by_id)[1]  # (n, m_i)
         self.session = load_session(paths.onnx_path)
         self.tower = UserTowerRunner.load(paths)
         self.catalog = ItemCatalog.from_frame(catalog_from_artifacts(paths))  # genres: the terms after events
@@ -155,8 +154,7 @@ class _Walker:
         """The encoded history features after the events, as the service computes them."""
         if state.seen_ratings is None:
             return None
-        rows = self.item_positions.get_indexer(state.seen)
-        item_dense = np.where((rows >= 0)[:, None], self.item_dense[rows], 0.0)  # unknown items: no genre
+        item_dense = table_rows(self.item_ids, self.item_dense, state.seen)
         return encoded_history_row(self.spec, state.seen_labels, state.seen_ratings, item_dense)
 
     def _recall(self, state: chain.UserState, triggers: chain.TriggerPolicy) -> chain.Candidates:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from data_exchange_center import model_signature as sig
 from data_exchange_center import schema as S
@@ -39,7 +38,7 @@ from data_exchange_center.online_layout import (
     read_user_tower_args,
 )
 from data_exchange_center.paths import ArtifactPaths
-from data_exchange_center.user_history import encoded_history_row
+from data_exchange_center.user_history import encoded_history_row, table_rows
 from offline_to_online.common import BackendUnavailable, PublishVerificationError, retry_startup
 
 REFERENCE_ROW = "row"
@@ -233,16 +232,15 @@ def check_history_features(paths: ArtifactPaths, spec: FeatureSpec, n_users: int
     if S.RATINGS not in seen.columns:
         return None
     users = read_parquet(paths.user_features_path, (S.USER_ID,)).set_index(S.USER_ID, drop=False)
-    items = read_parquet(paths.item_features_path, (S.ITEM_ID,))
-    item_rows, item_dense = pd.Index(items[S.ITEM_ID]), spec.encode_items(items)[1]
+    items = read_parquet(paths.item_features_path, (S.ITEM_ID,)).sort_values(S.ITEM_ID)
+    item_ids, item_dense = items[S.ITEM_ID].to_numpy(), spec.encode_items(items)[1]
     seen = seen[seen[S.USER_ID].isin(users.index)]
     sample = seen.iloc[np.sort(np.random.default_rng(0).permutation(len(seen))[:n_users])]
     expected = spec.encode_users(users.loc[sample[S.USER_ID]])[1]  # (n, m_u)
     actual = np.empty_like(expected)
     for row, (items_of, labels, ratings) in enumerate(zip(sample[S.ITEMS], sample[S.LABELS], sample[S.RATINGS],
                                                           strict=True)):  # fmt: skip
-        positions = item_rows.get_indexer(np.asarray(items_of))
-        flags = np.where((positions >= 0)[:, None], item_dense[positions], 0.0)
+        flags = table_rows(item_ids, item_dense, np.asarray(items_of))
         encoded = encoded_history_row(spec, np.asarray(labels), np.asarray(ratings), flags)
         if encoded is None:
             return None

@@ -19,6 +19,7 @@ from data_exchange_center.user_history import (
     encoded_history_row,
     history_feature_columns,
     history_features,
+    table_rows,
     window_columns,
 )
 from offline.preprocess.pit_features import item_genre_flags, online_user_profiles, training_pit_features
@@ -276,6 +277,13 @@ def test_one_timeline_gives_the_offline_rows_bit_for_bit() -> None:
         encoded = encoded_history_row(spec, labels, user_ratings, item_dense)
         assert encoded is not None
         np.testing.assert_array_equal(encoded[0], encoded_table[position])
+
+
+def test_table_rows_look_up_sorted_ids_with_zeros_for_unknown_ones() -> None:
+    values = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+    rows = table_rows(np.array([10, 20, 30]), values, np.array([30, 5, 20, 99]))
+    np.testing.assert_array_equal(rows, [[1.0, 1.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    assert rows.dtype == np.float32 and table_rows(np.zeros(0, np.int64), values[:0], np.array([1])).shape == (1, 2)
 
 
 def test_a_spec_with_user_fields_that_are_not_history_features_is_not_covered() -> None:
