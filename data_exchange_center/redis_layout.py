@@ -135,13 +135,16 @@ def encode_vector(vector: np.ndarray) -> bytes:
     return array.astype(VECTOR_DTYPE, copy=False).tobytes()
 
 
+def _from_bytes(raw: bytes, stored: np.dtype, native: type, field: str) -> np.ndarray:
+    """A field's packed array (``stored`` dtype) as ``native``; refuses a length that is not whole items."""
+    if len(raw) % stored.itemsize:
+        raise RedisLayoutError(f"{field} value of {len(raw)} bytes is not a whole number of {np.dtype(native).name}")
+    return np.frombuffer(raw, dtype=stored).astype(native)
+
+
 def decode_vector(raw: bytes | None) -> np.ndarray | None:
     """float32 (dim,) in native byte order, or None when the user has no vector."""
-    if raw is None:
-        return None
-    if len(raw) % VECTOR_DTYPE.itemsize:
-        raise RedisLayoutError(f"vector value of {len(raw)} bytes is not a whole number of float32")
-    return np.frombuffer(raw, dtype=VECTOR_DTYPE).astype(np.float32)
+    return None if raw is None else _from_bytes(raw, VECTOR_DTYPE, np.float32, "vector")
 
 
 def encode_items(items: Iterable[int] | np.ndarray) -> bytes:
@@ -149,11 +152,7 @@ def encode_items(items: Iterable[int] | np.ndarray) -> bytes:
 
 
 def decode_items(raw: bytes | None) -> np.ndarray:
-    if not raw:
-        return np.zeros(0, dtype=np.int64)
-    if len(raw) % SEEN_DTYPE.itemsize:
-        raise RedisLayoutError(f"seen value of {len(raw)} bytes is not a whole number of int64")
-    return np.frombuffer(raw, dtype=SEEN_DTYPE).astype(np.int64)
+    return _from_bytes(raw, SEEN_DTYPE, np.int64, "seen") if raw else np.zeros(0, dtype=np.int64)
 
 
 def encode_labels(labels: Iterable[int] | np.ndarray) -> bytes:
@@ -172,11 +171,7 @@ def encode_ratings(ratings: Iterable[float] | np.ndarray) -> bytes:
 
 def decode_ratings(raw: bytes | None) -> np.ndarray | None:
     """None when the field is absent (a version published without ratings)."""
-    if raw is None:
-        return None
-    if len(raw) % RATING_DTYPE.itemsize:
-        raise RedisLayoutError(f"seen_ratings value of {len(raw)} bytes is not a whole number of float32")
-    return np.frombuffer(raw, dtype=RATING_DTYPE).astype(np.float32)
+    return None if raw is None else _from_bytes(raw, RATING_DTYPE, np.float32, "seen_ratings")
 
 
 # --- one user ---------------------------------------------------------------------------------------

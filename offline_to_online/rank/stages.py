@@ -109,12 +109,11 @@ def check_offline_and_online(
     history = check_history_features(paths, spec)
     if history is not None:
         print(format_table(history.n_rows, [history], "rank/user_features"))
-        tower_results.append(history)
-    failed = [f"{r.backend} differs from {r.reference} by more than {r.tolerance:g}" for r in results + tower_results
-              if not r.ok]  # fmt: skip
+    checked = results + tower_results + ([history] if history is not None else [])
+    failed = [f"{r.backend} differs from {r.reference} by more than {r.tolerance:g}" for r in checked if not r.ok]
     if failed:
         raise PublishVerificationError("; ".join(failed))
-    return results + tower_results
+    return checked
 
 
 def check_user_tower(settings: Settings, grpc_url: str | None, connect_attempts: int) -> list[BackendResult]:
