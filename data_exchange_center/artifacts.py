@@ -15,13 +15,15 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 class ArtifactError(Exception):
@@ -47,6 +49,48 @@ def write_parquet(df: pd.DataFrame, path: Path) -> Path:
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
     return path
+
+
+@contextlib.contextmanager
+def parquet_chunks(path: Path) -> Iterator[Callable[[pd.DataFrame], None]]:
+    """Write a Parquet artifact frame by frame: the file equals ``write_parquet`` of the frames' concatenation
+    (the first frame's schema, pandas metadata included), and appears at ``path`` only when all were written."""
+    with atomic_path(path) as tmp:
+        writer: pq.ParquetWriter | None = None
+
+        def write(frame: pd.DataFrame) -> None:
+            nonlocal writer
+            table = pa.Table.from_pandas(frame, preserve_index=False, schema=writer.schema if writer else None)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+
+        try:
+            yield write
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"no rows were written to {path}")
+
+
+def read_parquet_blocks(path: Path, sizes: Iterable[int], columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """Consecutive blocks of ``sizes`` rows of a Parquet artifact, read batch by batch (bounded memory)."""
+    if not path.exists():
+        raise ArtifactError(f"missing artifact {path}: run the stage that writes it first")
+    source = pq.ParquetFile(path)
+    batches = source.iter_batches(batch_size=65_536, columns=columns)
+    buffered = pa.Table.from_batches([], schema=source.schema_arrow).select(columns or source.schema_arrow.names)
+    for size in sizes:
+        parts = [buffered]
+        while sum(len(part) for part in parts) < size:
+            batch = next(batches, None)
+            if batch is None:
+                raise ArtifactError(f"{path} has fewer rows than the inputs it is aligned with: re-run its stage")
+            parts.append(pa.Table.from_batches([batch]))
+        table = pa.concat_tables(parts) if len(parts) > 1 else buffered
+        yield table.slice(0, size).to_pandas()
+        buffered = table.slice(size)
 
 
 def write_json(obj: Any, path: Path) -> Path:

@@ -10,7 +10,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data_exchange_center import schema as S
-from data_exchange_center.topk_metrics import topk_metrics
+from data_exchange_center.topk_metrics import evaluation_sample, topk_metrics
 from offline.common.user_states import split_by_user
 
 TOPK = 50
@@ -19,7 +19,7 @@ MERGED_RECALL_K = 200
 
 @dataclass(frozen=True)
 class Holdout:
-    user_ids: np.ndarray  # (n_users,) users with at least one online positive
+    user_ids: np.ndarray  # (n_users,) users with at least one online positive (``evaluation_sample``)
     relevant: list[np.ndarray]  # per user: online-holdout positives
     seen: dict[int, np.ndarray]  # per user: offline items (sorted), never recommended
 
@@ -27,6 +27,8 @@ class Holdout:
     def from_samples(cls, samples: pd.DataFrame) -> Holdout:
         online = samples[(samples[S.SPLIT] == S.SPLIT_ONLINE) & (samples[S.LABEL] == 1)]
         user_ids, relevant = split_by_user(online, S.ITEM_ID)
+        keep = evaluation_sample(user_ids)
+        user_ids, relevant = user_ids[keep], [r for r, k in zip(relevant, keep, strict=True) if k]
         seen_users, seen = split_by_user(samples[samples[S.SPLIT] != S.SPLIT_ONLINE], S.ITEM_ID)
         return cls(user_ids, relevant, dict(zip(seen_users.tolist(), seen, strict=True)))
 

@@ -69,3 +69,20 @@ def split_by_user(rows: pd.DataFrame, column: str) -> tuple[np.ndarray, list[np.
     users = rows[S.USER_ID].to_numpy()
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
     return users[starts].astype(np.int64), np.split(rows[column].to_numpy(), starts[1:])
+
+
+BLOCK_ROWS = 4_000_000  # rows per block of whole users in the large stages: bounds their memory (ML-1M: one block)
+
+
+def user_blocks(user_ids: np.ndarray, max_rows: int = BLOCK_ROWS) -> list[slice]:
+    """Consecutive row ranges of a table sorted by user, each of whole users and at most ``max_rows`` rows
+    (a user with more rows gets a block alone); at least one range, so an empty table has one empty block."""
+    starts = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]]) if len(user_ids) else np.zeros(1, np.int64)
+    bounds = np.r_[starts, len(user_ids)]
+    blocks, lo = [], 0
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        if stop - lo > max_rows and start > lo:
+            blocks.append(slice(lo, int(start)))
+            lo = int(start)
+    blocks.append(slice(lo, len(user_ids)))
+    return blocks

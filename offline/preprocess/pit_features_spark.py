@@ -60,6 +60,12 @@ def _history_columns(n: Column, clicks: Column, rating_sum: Column) -> list[Colu
 
 def training_pit_features_spark(flagged: DataFrame, genres: list[str]) -> DataFrame:
     """Per impression (with ``userid`` and ``seq`` kept for ordering): counts from strictly earlier rows."""
+    return flagged.select(S.USER_ID, S.SEQ, *pit_count_columns(genres))
+
+
+def pit_count_columns(genres: list[str]) -> list[Column]:
+    """The point-in-time columns (``imp_*``, ``clk_*``, then ``hist_*``) of each row of a timeline with the
+    genre flag columns, from the user's strictly earlier rows (window functions over ``userid``, ``seq``)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -81,7 +87,7 @@ def training_pit_features_spark(flagged: DataFrame, genres: list[str]) -> DataFr
         F.coalesce(F.sum(F.col(S.LABEL).cast("double")).over(before), F.lit(0.0)),
         F.coalesce(F.sum(F.col(S.RATING).cast("double")).over(before), F.lit(0.0)),
     )
-    return flagged.select(S.USER_ID, S.SEQ, *counts, *history)
+    return counts + history
 
 
 def online_user_profiles_spark(flagged: DataFrame, genres: list[str]) -> DataFrame:

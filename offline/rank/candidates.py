@@ -28,6 +28,7 @@ from data_exchange_center.artifacts import read_json, read_npz, read_parquet
 from data_exchange_center.feature_spec import FeatureSpec, combine_features
 from data_exchange_center.item_index import ItemIndex, neighbor_matrix
 from data_exchange_center.paths import ArtifactPaths
+from data_exchange_center.topk_metrics import evaluation_sample
 from offline.common.user_states import split_by_user
 from offline.preprocess.pit_features import item_genre_flags, list_genres, pit_counts, user_terms_from_clicks
 from offline.rank.features import user_features_at
@@ -143,15 +144,20 @@ class CandidateSets:
 def validation_candidates(
     paths: ArtifactPaths, samples: pd.DataFrame, quotas: dict[str, int], triggers: chain.TriggerPolicy
 ) -> CandidateSets:
-    """Recall and merge for every user with a test-split positive, as of the end of the train split."""
+    """Recall and merge for every user with a test-split positive (``evaluation_sample`` of them), as of the
+    end of the train split."""
     index = validation_index(paths, samples)
+    test = samples[samples[S.SPLIT] == S.SPLIT_TEST]
+    target_users, relevant = split_by_user(test[test[S.LABEL] == 1], S.ITEM_ID)
+    keep = evaluation_sample(target_users)
+    target_users, relevant = target_users[keep], [r for r, k in zip(relevant, keep, strict=True) if k]
+    samples = samples[samples[S.USER_ID].isin(target_users)]  # from here on, the evaluated users' timelines only
+    test = samples[samples[S.SPLIT] == S.SPLIT_TEST]
     user_features, terms = validation_user_features(paths, samples)
     train = samples[samples[S.SPLIT] == S.SPLIT_TRAIN]
     seen_users, seen = split_by_user(train, S.ITEM_ID)
     _, labels = split_by_user(train, S.LABEL)
     history = dict(zip(seen_users.tolist(), zip(seen, labels, strict=True), strict=True))
-    test = samples[samples[S.SPLIT] == S.SPLIT_TEST]
-    target_users, relevant = split_by_user(test[test[S.LABEL] == 1], S.ITEM_ID)
     test_users, test_items = split_by_user(test, S.ITEM_ID)
     watched_of = dict(zip(test_users.tolist(), test_items, strict=True))
     vectors = validation_vectors(paths, {u: history[u] for u in target_users.tolist() if u in history})

@@ -16,9 +16,11 @@ split only, so no test row can change the specification.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from data_exchange_center import chain
 from data_exchange_center import schema as S
@@ -194,7 +196,9 @@ def dense_field(name: str, source: Source, train_values: pd.Series, normalize: b
     return DenseField(name=name, source=source, mean=float(values.mean()), std=std if std > 0 else 1.0)
 
 
-def build_feature_spec(train: pd.DataFrame, users: pd.DataFrame, genres: list[str], dataset: str) -> FeatureSpec:
+def build_feature_spec(
+    train: pd.DataFrame | ParquetColumns, users: pd.DataFrame, genres: list[str], dataset: str
+) -> FeatureSpec:
     """The feature specification from training rows: user fields first, then item fields, then the
     candidate's recall evidence (computed per request, ``chain.candidate_evidence``)."""
     user_categorical = [S.USER_ID, *demographic_columns(users)]
@@ -208,6 +212,38 @@ def build_feature_spec(train: pd.DataFrame, users: pd.DataFrame, genres: list[st
 
 
 # --- the whole transformation ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class BlockRows:
+    """The rows of one block of whole users (``user_blocks``): every feature is a function of one user's
+    timeline, so the blocks' rows concatenated are the whole table's."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    user_features: pd.DataFrame
+
+
+def build_block_rows(
+    samples: pd.DataFrame,
+    pit: pd.DataFrame,
+    profiles: pd.DataFrame,
+    users: pd.DataFrame,
+    item_features: pd.DataFrame,
+    genres: list[str],
+) -> BlockRows:
+    """Train, test and serving rows of the users of ``samples`` (whole users; ``pit`` row-aligned, ``profiles``
+    exactly those users)."""
+    item_rows = sample_item_rows(samples, item_features)
+    flags = item_features.drop(columns=S.ITEM_ID).to_numpy()[item_rows]  # (n_samples, n_genres)
+    history = UserHistory.from_samples(samples, flags)
+    del flags
+    check_history_position(history, np.arange(len(samples)) - samples[S.SEQ].to_numpy(), np.arange(len(samples)), pit)
+    train, test = (
+        build_impression_rows(samples, pit, history, users, item_features, item_rows, genres, split)
+        for split in (S.SPLIT_TRAIN, S.SPLIT_TEST)
+    )
+    return BlockRows(train, test, build_user_features(samples, history, users, profiles, genres))
+
+
 def build_ranking_tables(
     samples: pd.DataFrame,
     pit: pd.DataFrame,
@@ -216,40 +252,55 @@ def build_ranking_tables(
     items: pd.DataFrame,
     dataset: str,
 ) -> RankingTables:
-    """All ranking features from the preprocess artifacts; refuses inputs that do not fit together."""
+    """All ranking features from the preprocess artifacts in memory (the stage streams them by blocks of
+    users, ``offline/rank/s1_feature_engi.py``); refuses inputs that do not fit together."""
     genres = list_genres(items)
-    check_inputs(samples, pit, profiles, genres)
+    check_inputs(samples, len(pit), list(pit.columns), profiles, genres)
     item_features = build_item_features(items, genres)
-    item_rows = sample_item_rows(samples, item_features)
-    flags = item_features.drop(columns=S.ITEM_ID).to_numpy()[item_rows]  # (n_samples, n_genres)
-    history = UserHistory.from_samples(samples, flags)
-    del flags
-    check_history_position(history, np.arange(len(samples)) - samples[S.SEQ].to_numpy(), np.arange(len(samples)), pit)
-    split_rows = {
-        split: build_impression_rows(samples, pit, history, users, item_features, item_rows, genres, split)
-        for split in (S.SPLIT_TRAIN, S.SPLIT_TEST)
-    }
-    train, test = split_rows[S.SPLIT_TRAIN], split_rows[S.SPLIT_TEST]
-    spec = build_feature_spec(train, users, genres, dataset)
-    user_features = build_user_features(samples, history, users, profiles, genres)
-    return RankingTables(spec=spec, user_features=user_features, item_features=item_features, train=train, test=test)
+    rows = build_block_rows(samples, pit, profiles, users, item_features, genres)
+    spec = build_feature_spec(rows.train, users, genres, dataset)
+    return RankingTables(spec, rows.user_features, item_features, rows.train, rows.test)
 
 
-def check_inputs(samples: pd.DataFrame, pit: pd.DataFrame, profiles: pd.DataFrame, genres: list[str]) -> None:
+def block_profiles(profiles: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``profiles`` of the users of ``samples`` (a block of whole users)."""
+    return profiles[profiles[S.USER_ID].isin(samples[S.USER_ID].unique())]
+
+
+class ParquetColumns:
+    """The columns of a Parquet table, each read on access (``columns[name]`` is a Series): the feature
+    specification's statistics from a training table larger than memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __getitem__(self, column: str) -> pd.Series:
+        return pq.read_table(self.path, columns=[column]).to_pandas()[column]
+
+
+def check_inputs(
+    samples: pd.DataFrame, n_pit_rows: int, pit_columns: list[str], profiles: pd.DataFrame, genres: list[str]
+) -> None:
     """Raise ``ArtifactError`` unless the preprocess artifacts fit each other and the catalogue."""
-    if len(pit) != len(samples):
+    if n_pit_rows != len(samples):
         raise ArtifactError(
-            f"pit_features.parquet has {len(pit)} rows but samples.parquet has {len(samples)}: they must be "
+            f"pit_features.parquet has {n_pit_rows} rows but samples.parquet has {len(samples)}: they must be "
             "row-aligned; re-run offline/preprocess/s2_term_trans.py"
         )
     expected = pit_input_columns(genres)
-    for name, frame in (("pit_features.parquet", pit), ("user_profiles.parquet", profiles)):
-        missing = [c for c in expected if c not in frame.columns]
+    for name, columns in (("pit_features.parquet", pit_columns), ("user_profiles.parquet", list(profiles.columns))):
+        missing = [c for c in expected if c not in columns]
         if missing:
             raise ArtifactError(
                 f"{name} lacks {missing[:6]} (expected from the catalogue's genres {genres}): the preprocess "
                 "artifacts and items.parquet come from different runs; re-run offline/preprocess/s2_term_trans.py"
             )
+    n_users = int(samples[S.USER_ID].nunique())
+    if len(profiles) != n_users:
+        raise ArtifactError(
+            f"user_profiles.parquet has {len(profiles)} users, samples.parquet {n_users}: "
+            "re-run offline/preprocess/s2_term_trans.py"
+        )
     for split in (S.SPLIT_TRAIN, S.SPLIT_TEST):
         if not (samples[S.SPLIT] == split).any():
             raise ArtifactError(f"samples.parquet has no {split} rows: re-run offline/preprocess/s1_data_split.py")

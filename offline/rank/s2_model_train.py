@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pyarrow
+import pyarrow.parquet as pq
 import torch
 
 from data_exchange_center import chain
@@ -32,6 +33,7 @@ from data_exchange_center.artifacts import (
     ArtifactError,
     atomic_path,
     read_parquet,
+    read_parquet_blocks,
     update_metrics,
     write_json,
     write_metadata,
@@ -40,6 +42,7 @@ from data_exchange_center.artifacts import (
 from data_exchange_center.feature_spec import FeatureSpec
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import load_settings
+from data_exchange_center.topk_metrics import hash_order
 from offline.common.dataset import dataset_name
 from offline.common.stage import add_config_arguments, config_from_args, run_stage, stage_parser
 from offline.rank.candidates import validation_candidates
@@ -57,17 +60,19 @@ ONNX_TOLERANCE = 1e-5
 def model_train(paths: ArtifactPaths, config: TrainConfig) -> dict[str, float]:
     spec = FeatureSpec.load(paths.feature_spec_path)
     train_columns = (S.USER_ID, S.ITEM_ID, S.LABEL, S.SEQ, *spec.row_columns)
-    trained = train_ranker(spec, read_rows(paths.rank_train_path, train_columns), config)  # frees the frame
+    users = training_users(paths.rank_train_path, config.max_train_rows)
+    trained = train_ranker(spec, read_rows(paths.rank_train_path, train_columns, users), config)  # frees the frame
     watch = train_watch(paths, trained.model, spec, config) if spec.n_evidence else None
-    test = read_rows(paths.rank_test_path, (S.LABEL, *spec.row_columns))
+    test = read_rows(paths.rank_test_path, (S.LABEL, *spec.row_columns), users)
     test_rows = encode_rows(spec, test, spec.reference_evidence(np.arange(len(test))))
+    reference_rows = test_rows if users is None else first_test_rows(paths, spec)  # test_rows start with them
     test_metrics = evaluate(trained.model, test_rows, config.eval_batch_size)  # the one look at the test split
     log.info("selected epoch %d (validation AUC %.4f)%s; test AUC %.4f", trained.selection.best_epoch,
              trained.selection.best_val_auc, ", refit on all training rows" if config.refit else "",
              test_metrics["auc"])  # fmt: skip
     save_model(paths, trained.model, config, spec)
     write_json(trained.history_record(), paths.model_dir / "training_history.json")
-    export_and_check(paths, trained.model, test_rows)
+    export_and_check(paths, trained.model, reference_rows)
     summary: dict[str, Any] = {
         "test_auc": round(test_metrics["auc"], 6),
         "val_auc": round(trained.selection.best_val_auc, 6),
@@ -94,9 +99,34 @@ def train_watch(paths: ArtifactPaths, model: DeepFM, spec: FeatureSpec, config: 
     return train_watch_head(model, sets, spec, item_features, config)
 
 
-def read_rows(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read a feature table and hand Arrow's read buffers back to the system (~0.4 GiB for ML-1M train)."""
-    rows = read_parquet(path, columns)
+def training_users(path: Path, max_rows: int) -> np.ndarray | None:
+    """The users the ranker learns and is tested on: all (None) when the training table has at most
+    ``max_rows`` rows; else whole users in ``hash_order`` (a stable sample) while their rows fit."""
+    user_ids = pq.read_table(path, columns=[S.USER_ID]).column(0).to_numpy()
+    if len(user_ids) <= max_rows:
+        return None
+    ids, counts = np.unique(user_ids, return_counts=True)
+    order = hash_order(ids)
+    n_users = int(np.searchsorted(np.cumsum(counts[order]), max_rows, side="right"))
+    log.info("training on %d of %d users (%d of %d rows: max_train_rows)", n_users, len(ids),
+             int(counts[order[:n_users]].sum()), len(user_ids), )  # fmt: skip
+    return np.sort(ids[order[:n_users]])
+
+
+def first_test_rows(paths: ArtifactPaths, spec: FeatureSpec) -> EncodedRows:
+    """The first rows of rank/test.parquet, encoded: the rows of the reference scores (the check stage's)."""
+    n_rows = min(N_REFERENCE_ROWS, pq.ParquetFile(paths.rank_test_path).metadata.num_rows)
+    head = next(read_parquet_blocks(paths.rank_test_path, [n_rows], [S.LABEL, *spec.row_columns]))
+    return encode_rows(spec, head, spec.reference_evidence(np.arange(n_rows)))
+
+
+def read_rows(path: Path, columns: tuple[str, ...], users: np.ndarray | None = None) -> pd.DataFrame:
+    """Read a feature table (the rows of ``users`` only, when given, in file order) and hand Arrow's read
+    buffers back to the system (~0.4 GiB for ML-1M train)."""
+    if users is None:
+        rows = read_parquet(path, columns)
+    else:
+        rows = pq.read_table(path, columns=list(columns), filters=[(S.USER_ID, "in", users.tolist())]).to_pandas()
     pyarrow.default_memory_pool().release_unused()
     return rows
 
@@ -114,7 +144,8 @@ def save_model(paths: ArtifactPaths, model: DeepFM, config: TrainConfig, spec: F
 
 
 def export_and_check(paths: ArtifactPaths, model: DeepFM, test_rows: EncodedRows) -> None:
-    """Export ONNX, check it, compare ONNX Runtime with PyTorch, write the PyTorch reference scores."""
+    """Export ONNX, check it, compare ONNX Runtime with PyTorch, write the PyTorch reference scores (of the
+    first rows of rank/test.parquet: ``test_rows`` starts with them)."""
     export_onnx(model, paths.onnx_path)
     proto = onnx.load(str(paths.onnx_path), load_external_data=False)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):

@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 42
     n_threads: int = 1  # 2-core machine: 2 threads were 10% faster when idle, 5-20x slower when shared
     max_train_seconds: float = 300.0  # wall-time budget of the epoch loop; the best epoch so far is kept
+    max_train_rows: int = 4_000_000  # beyond, a stable sample of whole users (ML-1M: 0.75M rows, all of them)
     eval_batch_size: int = 65_536
     # the watch head (offline/rank/watch.py), for a feature spec with the candidates' recall evidence
     watch_hidden_dims: tuple[int, ...] = (64, 32)

@@ -1,7 +1,7 @@
 """The vector-recall model: a two-tower next-item model trained for the task the channel serves.
 
 Given a user's most recent ``window`` rated items (oldest first, with whether each was liked), predict
-the item the user rates next, with a full softmax over the catalogue::
+the item the user rates next, with a softmax over the catalogue::
 
     item side  v_i = E[i] + G genres_i                       (n_items, dim)   -> the kNN index
                b_i                                           item bias (popularity of being next)
@@ -13,6 +13,11 @@ Exported vectors are ``[u, 1]`` and ``[v_i, b_i]``, so inner-product search retu
 The user side is exported to ONNX (``export_user_tower``): the online service computes ``u`` at request
 time from the user's recent items (``data_exchange_center.feature_spec.encode_recent_items``), and
 offline the same ONNX model computes the vectors that are evaluated.
+
+The softmax is the full one up to ``4 * softmax_negatives`` items (MovieLens-1M: 3,706). A larger
+catalogue (ML-32M: 87,585 items) would make each step that many times slower: each example's target is
+then scored against ``softmax_negatives`` items drawn uniformly for the batch (a sampled softmax; a
+uniform proposal needs no log-probability correction; a negative equal to the target is masked).
 
 Training takes a sample budget (and a wall-time cap), not an epoch count that grows with the data:
 every ``eval_every_samples`` examples, Recall@K of the next rated items on a validation sample decides
@@ -52,6 +57,7 @@ class NextItemConfig:
     time_budget_s: float = 300.0
     patience: int = 1  # evaluations without improvement before stopping
     n_validation_users: int = 2000
+    softmax_negatives: int = 4096  # sampled negatives per batch beyond 4x this many items (else the full softmax)
     n_threads: int = 1  # a shared 2-core machine: more threads are many times slower when the cores are busy
     seed: int = 42
 
@@ -175,6 +181,7 @@ def train_next_item(
     eval_every = max(1, config.eval_every_samples // config.batch_size)
     max_steps = max(1, config.sample_budget // config.batch_size)
     n_epochs = (max_steps + steps_per_epoch - 1) // steps_per_epoch
+    sampled = n_items > 4 * config.softmax_negatives
     started = time.perf_counter()
     history: list[dict[str, float]] = []
     best_metric, best_state, bad, step, total_loss, n_loss = -1.0, None, 0, 0, 0.0, 0
@@ -183,7 +190,11 @@ def train_next_item(
         for start in range(0, n, config.batch_size):
             batch = order[start : start + config.batch_size]
             model.train()
-            loss = nn.functional.cross_entropy(model.logits(items_t[batch], liked_t[batch]), targets_t[batch])
+            if sampled:
+                loss = sampled_softmax_loss(model, items_t[batch], liked_t[batch], targets_t[batch], n_items,
+                                            config.softmax_negatives)  # fmt: skip
+            else:
+                loss = nn.functional.cross_entropy(model.logits(items_t[batch], liked_t[batch]), targets_t[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -214,6 +225,27 @@ def train_next_item(
     if best_state is not None:
         model.load_state_dict(best_state)
     return model.eval(), history
+
+
+def sampled_softmax_loss(
+    model: NextItemModel,
+    recent_items: torch.Tensor,
+    recent_liked: torch.Tensor,
+    targets: torch.Tensor,
+    n_items: int,
+    n_negatives: int,
+) -> torch.Tensor:
+    """Cross-entropy of each target against ``n_negatives`` items drawn uniformly for the batch (the uniform
+    proposal's log-probability is the same for every item, so the logits need no correction)."""
+    user = model.user_vectors(recent_items, recent_liked)  # (batch, dim)
+    table = model.item_vectors()  # (n_items + 1, dim)
+    bias = model.item_bias.weight[:, 0]  # (n_items + 1,)
+    negatives = torch.randint(1, n_items + 1, (n_negatives,))  # (k,)
+    positive = (user * table[targets]).sum(dim=1, keepdim=True) + bias[targets, None]  # (batch, 1)
+    negative = user @ table[negatives].T + bias[negatives]  # (batch, k)
+    negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))  # accidental hits
+    logits = torch.cat([positive, negative], dim=1)  # (batch, 1 + k): the target is column 0
+    return nn.functional.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.int64))
 
 
 def onnx_user_vectors(

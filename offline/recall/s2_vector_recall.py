@@ -57,15 +57,21 @@ N_REFERENCE_USERS = 1000
 ONNX_TOLERANCE = 1e-4
 
 
-def training_examples(rows: pd.DataFrame, vocab_ids: np.ndarray, window: int) -> NextItemExamples:
-    """One example per row of ``rows`` (sorted by user and time): its item, and the items before it."""
+def training_examples(
+    rows: pd.DataFrame, vocab_ids: np.ndarray, window: int, max_examples: int | None = None, seed: int = 0
+) -> NextItemExamples:
+    """One example per row of ``rows`` (sorted by user and time): its item, and the items before it. With
+    more rows than ``max_examples`` (the sample budget: more would never be trained on), a seeded sample of
+    that many rows, in timeline order: the windows' memory stays bounded on large data."""
     item_index = np.searchsorted(vocab_ids, rows[S.ITEM_ID].to_numpy()) + 1
     users = rows[S.USER_ID].to_numpy()
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     first_row = np.repeat(starts, np.diff(np.r_[starts, len(users)]))
     positions = np.arange(len(rows))
-    items, liked = history_windows(item_index, rows[S.LABEL].to_numpy(), first_row, positions, window)
-    return NextItemExamples(items, liked, item_index.astype(np.int64))
+    if max_examples is not None and len(rows) > max_examples:
+        positions = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_examples, replace=False))
+    items, liked = history_windows(item_index, rows[S.LABEL].to_numpy(), first_row[positions], positions, window)
+    return NextItemExamples(items, liked, item_index[positions].astype(np.int64))
 
 
 def validation_sample(samples: pd.DataFrame, n_users: int, seed: int) -> tuple[list, list, list, list]:
@@ -102,7 +108,7 @@ def vector_recall(paths: ArtifactPaths, config: NextItemConfig) -> dict[str, obj
     items = read_parquet(paths.items_path, S.ITEMS_COLUMNS)
     genres = item_genre_flags(items, list_genres(items)).reindex(vocab_ids, fill_value=0).to_numpy(np.float32)
     train = samples[samples[S.SPLIT] == S.SPLIT_TRAIN]
-    examples = training_examples(train, vocab_ids, config.window)
+    examples = training_examples(train, vocab_ids, config.window, config.sample_budget, config.seed)
     val_seen, val_labels, val_relevant, _ = validation_sample(samples, config.n_validation_users, config.seed)
     val_inputs = [
         encode_recent_items(s, lab, vocab_ids, config.window) for s, lab in zip(val_seen, val_labels, strict=True)

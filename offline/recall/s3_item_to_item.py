@@ -23,7 +23,7 @@ from data_exchange_center import schema as S
 from data_exchange_center.artifacts import read_parquet, update_metrics, write_json, write_metadata, write_parquet
 from data_exchange_center.item_index import ItemIndex, neighbor_matrix
 from data_exchange_center.paths import ArtifactPaths
-from data_exchange_center.topk_metrics import topk_metrics
+from data_exchange_center.topk_metrics import evaluation_sample, topk_metrics
 from offline.common.dataset import dataset_name
 from offline.common.holdout import TOPK, Holdout, evaluate_recommender
 from offline.common.stage import add_config_arguments, config_from_args, run_stage, stage_parser
@@ -63,6 +63,8 @@ def select_trigger_policy(samples: pd.DataFrame, config: ItemToItemConfig, paths
     nbr_items, nbr_weights = neighbor_matrix(table, item_ids)
     targets = samples[(samples[S.SPLIT] == S.SPLIT_TEST) & (samples[S.LABEL] == 1)]
     target_users, relevant = split_by_user(targets, S.ITEM_ID)
+    keep = evaluation_sample(target_users)
+    target_users, relevant = target_users[keep], [r for r, k in zip(relevant, keep, strict=True) if k]
     seen_users, seen = split_by_user(train, S.ITEM_ID)
     _, labels = split_by_user(train, S.LABEL)
     position = dict(zip(seen_users.tolist(), range(len(seen_users)), strict=True))

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from data_exchange_center import model_signature as sig
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import ArtifactError, read_npz, read_parquet
+from data_exchange_center.artifacts import ArtifactError, read_npz, read_parquet, read_parquet_blocks
 from data_exchange_center.feature_spec import FeatureSpec, combine_features, encode_recent_items
 from data_exchange_center.online_layout import (
     ITEM_VECTORS_FILE,
@@ -73,8 +74,10 @@ class BackendResult:
 def load_check_rows(paths: ArtifactPaths, spec: FeatureSpec, n_rows: int = MIN_ROWS) -> CheckRows:
     """The first ``n_rows`` reference rows (all of them when the test split is smaller), encoded."""
     reference = read_parquet(paths.reference_scores_path, (REFERENCE_ROW, S.SCORE))
-    test = read_parquet(paths.rank_test_path, tuple(spec.row_columns))
-    wanted = min(n_rows, len(test))
+    if not paths.rank_test_path.exists():
+        raise ArtifactError(f"missing artifact {paths.rank_test_path}: run offline/rank/s1_feature_engi.py")
+    n_test = pq.ParquetFile(paths.rank_test_path).metadata.num_rows
+    wanted = min(n_rows, n_test)
     if len(reference) < wanted:
         raise ArtifactError(
             f"{paths.reference_scores_path} has {len(reference)} rows, the check needs {wanted}: "
@@ -82,9 +85,10 @@ def load_check_rows(paths: ArtifactPaths, spec: FeatureSpec, n_rows: int = MIN_R
         )
     reference = reference.head(wanted)
     positions = reference[REFERENCE_ROW].to_numpy(np.int64)
-    if positions.min(initial=0) < 0 or positions.max(initial=0) >= len(test):
-        raise ArtifactError(f"{paths.reference_scores_path} names rows outside rank/test.parquet ({len(test)} rows)")
-    rows = test.iloc[positions].reset_index(drop=True)
+    if positions.min(initial=0) < 0 or positions.max(initial=0) >= n_test:
+        raise ArtifactError(f"{paths.reference_scores_path} names rows outside rank/test.parquet ({n_test} rows)")
+    head = next(read_parquet_blocks(paths.rank_test_path, [positions.max(initial=-1) + 1], list(spec.row_columns)))
+    rows = head.iloc[positions].reset_index(drop=True)  # the test table's first rows only: it may be large
     evidence = spec.reference_evidence(positions)
     sparse, dense = combine_features(spec.encode_users(rows), spec.encode_items(rows), evidence)
     return CheckRows(sparse, dense, reference[S.SCORE].to_numpy(np.float32))

@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # `python online/main/s2_client.py`: make the rep
 
 from data_exchange_center import schema as S
 from data_exchange_center.paths import ArtifactPaths
-from data_exchange_center.topk_metrics import topk_metrics
+from data_exchange_center.topk_metrics import evaluation_sample, topk_metrics
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 TOPK = 50
@@ -91,14 +91,16 @@ class RecClient:
 
 
 def holdout_positives(paths: ArtifactPaths) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Users with an online-holdout positive (ascending) and, per user, those items."""
+    """Users with an online-holdout positive (ascending; the offline evaluation's sample of them) and, per
+    user, those items."""
     import pandas as pd
 
     samples = pd.read_parquet(paths.samples_path, columns=[S.USER_ID, S.ITEM_ID, S.LABEL, S.SPLIT])
     online = samples[(samples[S.SPLIT] == S.SPLIT_ONLINE) & (samples[S.LABEL] == 1)]
     groups = online.groupby(S.USER_ID, sort=True)[S.ITEM_ID]
     users = np.array(list(groups.groups.keys()), dtype=np.int64)
-    return users, [np.asarray(group, dtype=np.int64) for _, group in groups]
+    keep = evaluation_sample(users)
+    return users[keep], [np.asarray(group, dtype=np.int64) for (_, group), k in zip(groups, keep, strict=True) if k]
 
 
 def replay(client: RecClient, paths: ArtifactPaths, workers: int, k: int = TOPK) -> tuple[dict[str, float], int]:

@@ -1,9 +1,9 @@
 """The Spark engine writes the pandas engine's artifacts: same files, schemas, rows and values.
 
-One synthetic dataset goes through the split, the point-in-time terms and the term-recall tables twice,
-once per engine, into two data folders; every artifact is then compared: the Arrow schema (types and
-the pandas metadata that gives the split its categories), the row count, and every value (integers and
-the split exactly, floats to 1e-6). Spark runs in local mode in a JVM that this test session starts.
+One synthetic dataset goes through the split, the point-in-time terms, the term-recall tables and the
+ranking features twice, once per engine, into two data folders; every artifact is then compared: the
+Arrow schema (types and the pandas metadata that gives the split its categories), the row count, and
+every value (integers and the split exactly, floats to 1e-6); the feature specifications are equal. Spark runs in local mode in a JVM that this test session starts.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from offline.preprocess.s2_term_trans import term_trans
 from offline.preprocess.split import split_by_time
 from offline.preprocess.split_spark import read_ratings_with_file_order, split_by_time_spark
 from offline.preprocess.synthetic import SyntheticConfig
+from offline.rank.s1_feature_engi import feature_engi
 from offline.recall.s1_term_recall import term_recall
 
 pytestmark = pytest.mark.integration
@@ -42,6 +43,10 @@ def artifacts(paths: ArtifactPaths) -> dict[str, Path]:
         "user_profiles": paths.user_profiles_path,
         "popularity": paths.popularity_path,
         "user_seen": paths.user_seen_path,
+        "rank_train": paths.rank_train_path,
+        "rank_test": paths.rank_test_path,
+        "user_features": paths.user_features_path,
+        "item_features": paths.item_features_path,
     }
 
 
@@ -49,6 +54,7 @@ def run_stages(paths: ArtifactPaths, engine: str) -> None:
     data_split(paths, engine)
     term_trans(paths, engine)
     term_recall(paths, engine=engine)
+    feature_engi(paths, engine=engine)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +69,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ArtifactPaths
     return {"pandas": pandas_paths, "spark": spark_paths}
 
 
-@pytest.mark.parametrize("name", ["samples", "pit_features", "item_terms", "user_profiles", "popularity", "user_seen"])
+@pytest.mark.parametrize("name", sorted(artifacts(ArtifactPaths(Path("."))).keys()))
 def test_artifact_is_identical(engines: dict[str, ArtifactPaths], name: str) -> None:
     expected_path, actual_path = artifacts(engines["pandas"])[name], artifacts(engines["spark"])[name]
     assert pq.read_schema(actual_path).remove_metadata() == pq.read_schema(expected_path).remove_metadata()
@@ -91,6 +97,11 @@ def test_split_counts_and_metadata_agree(engines: dict[str, ArtifactPaths]) -> N
     for stage in ("s1_data_split", "s2_term_trans"):
         assert spark_meta[stage]["outputs"] == pandas_meta[stage]["outputs"], stage
         assert spark_meta[stage]["config"]["engine"] == "spark"
+    rank_pandas = read_json(engines["pandas"].rank_dir / "metadata.json")["s1_feature_engi"]["outputs"]
+    rank_spark = read_json(engines["spark"].rank_dir / "metadata.json")["s1_feature_engi"]["outputs"]
+    assert rank_spark == {k: v for k, v in rank_pandas.items() if k != "n_blocks"}  # the same spec and row counts
+    spec = engines["pandas"].feature_spec_path
+    assert read_json(engines["spark"].feature_spec_path) == read_json(spec)
     counts = pandas_meta["s1_data_split"]["outputs"]
     assert counts["n_online"] == SYNTHETIC.n_users * S.N_ONLINE_PER_USER
     assert counts["n_train"] > counts["n_test"] > 0
