@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.linalg import lapack
 
 from data_exchange_center import schema as S
 
@@ -36,14 +37,34 @@ def fit_ease(interactions: pd.DataFrame, config: ItemToItemConfig) -> tuple[np.n
     rows = pd.factorize(kept[S.USER_ID])[0]
     cols = np.searchsorted(item_ids, kept[S.ITEM_ID].to_numpy())
     x = sp.csr_matrix((np.ones(len(kept), dtype=np.float64), (rows, cols)), shape=(rows.max() + 1, len(item_ids)))
-    gram = (x.T @ x).toarray()  # (m, m)
+    gram = (x.T @ x).toarray(order="C")  # (m, m)
     gram[np.diag_indices_from(gram)] += config.l2
-    precision = np.linalg.inv(gram)
-    del gram  # at the cap, each (m, m) float64 matrix is 3.2 GB: one fewer in memory
-    weights = precision
-    weights /= -np.diag(precision)  # in place: B = I - P diag(1/diag(P)), off-diagonal part
+    weights = spd_inverse(gram)  # P, in place of the Gram matrix
+    weights /= -np.diag(weights).copy()  # in place: B = I - P diag(1/diag(P)), off-diagonal part
     np.fill_diagonal(weights, 0.0)
     return item_ids, weights.astype(np.float32)
+
+
+def spd_inverse(a: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric positive definite C-ordered float64 matrix, in place (Cholesky: LAPACK
+    potrf + potri). At the item cap the matrix is 3.2 GB: no copy is made, and it is about 3 times faster
+    than a general inverse (measured: 1.2 s against 3.3 s at 4,000 items)."""
+    if not a.flags.c_contiguous or a.dtype != np.float64:
+        raise ValueError("spd_inverse works in place on a C-ordered float64 matrix")
+    factor, info = lapack.dpotrf(a.T, lower=1, clean=0, overwrite_a=1)  # a.T: the same memory, Fortran-ordered
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the regularized Gram matrix is not positive definite (potrf info {info})")
+    inverse, info = lapack.dpotri(factor, lower=1, overwrite_c=1)
+    if info != 0 or not np.shares_memory(inverse, a):
+        raise np.linalg.LinAlgError(f"the Cholesky inverse failed (potri info {info})")
+    m, step = len(a), 2048  # potri wrote one triangle (the upper one of ``a``): mirror it, a band at a time
+    for lo in range(0, m, step):
+        hi = min(lo + step, m)
+        a[lo:hi, :lo] = a[:lo, lo:hi].T
+        block = a[lo:hi, lo:hi]
+        lower = np.tril_indices(hi - lo, -1)
+        block[lower] = block.T[lower]
+    return a
 
 
 def neighbor_table(item_ids: np.ndarray, weights: np.ndarray, n_neighbors: int) -> pd.DataFrame:

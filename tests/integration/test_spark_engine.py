@@ -3,7 +3,8 @@
 One synthetic dataset goes through the split, the point-in-time terms, the term-recall tables and the
 ranking features twice, once per engine, into two data folders; every artifact is then compared: the
 Arrow schema (types and the pandas metadata that gives the split its categories), the row count, and
-every value (integers and the split exactly, floats to 1e-6); the feature specifications are equal. Spark runs in local mode in a JVM that this test session starts.
+every value (integers and the split exactly, floats to 1e-6); the feature specifications are equal.
+Spark runs in local mode in a JVM that this test session starts.
 """
 
 from __future__ import annotations

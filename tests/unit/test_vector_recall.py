@@ -10,6 +10,7 @@ import torch
 
 from data_exchange_center import chain
 from data_exchange_center.feature_spec import encode_recent_items
+from offline.recall.item_to_item import spd_inverse
 from offline.recall.next_item import NextItemModel, export_user_tower, history_windows, onnx_user_vectors
 from offline.recall.s3_item_to_item import i2i_scores_per_policy, trigger_grid
 
@@ -90,3 +91,19 @@ def test_i2i_scores_per_policy_equal_the_serving_scores() -> None:
         _, (want_items, want_scores) = chain.recall_channels(Index(), user, {}, policy)  # type: ignore[arg-type]
         assert items.tolist() == want_items.tolist()
         np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_spd_inverse_in_place_equals_the_general_inverse() -> None:
+    rng = np.random.default_rng(0)
+    for m in (1, 5, 2_049, 2_500):  # across the mirroring bands
+        x = rng.random((2 * m, m))
+        gram = x.T @ x + 5.0 * np.eye(m)
+        expected = np.linalg.inv(gram)
+        actual = spd_inverse(gram)
+        assert actual is gram  # in place: no second (m, m) matrix
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+        assert np.array_equal(actual, actual.T)
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        spd_inverse(-np.eye(3))
+    with pytest.raises(ValueError, match="C-ordered"):
+        spd_inverse(np.asfortranarray(np.eye(3) + 0.1))
