@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from data_exchange_center import chain
 from data_exchange_center.feature_spec import encode_recent_items
-from offline.recall.item_to_item import spd_inverse
+from offline.recall.item_to_item import gram_matrix, spd_inverse
 from offline.recall.next_item import NextItemModel, export_user_tower, history_windows, onnx_user_vectors
 from offline.recall.s3_item_to_item import i2i_scores_per_policy, trigger_grid
 
@@ -107,3 +108,11 @@ def test_spd_inverse_in_place_equals_the_general_inverse() -> None:
         spd_inverse(-np.eye(3))
     with pytest.raises(ValueError, match="C-ordered"):
         spd_inverse(np.asfortranarray(np.eye(3) + 0.1))
+
+
+def test_gram_matrix_by_column_blocks_equals_the_sparse_product() -> None:
+    x = sp.random(300, 70, density=0.1, format="csr", random_state=1)
+    expected = (x.T @ x).toarray()
+    for block in (1, 16, 70, 2048):
+        actual = gram_matrix(x, block)
+        assert actual.flags.c_contiguous and np.array_equal(actual, expected)
