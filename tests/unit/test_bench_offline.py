@@ -9,10 +9,13 @@ import pytest
 
 from scripts.bench_offline import (
     ML32M_SHAPE,
+    STAGES,
     growth_exponent,
     ml32m_shape,
     parse_size,
+    pipeline_total,
     plot_scaling,
+    run_stages,
     scaling_table,
     tree_rss_mib,
 )
@@ -31,6 +34,30 @@ def test_ml32m_shape_at_full_size_and_in_proportion() -> None:
     assert ml32m_shape(32_000_000) == ML32M_SHAPE
     small = ml32m_shape(1_000_000)
     assert small == {"n_ratings": 1_000_000, "n_users": 6280, "n_items": 2737}
+
+
+def test_the_stages_are_the_whole_pipeline_of_the_makefile() -> None:
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
+    in_make = [line.split(" -m ")[1].split()[0] for line in makefile.splitlines() if "$(PYTHON) -m offline" in line]
+    assert list(STAGES.values()) == in_make
+
+
+def test_run_stages_passes_engine_and_profile_and_totals(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[tuple[str, list[str]]] = []
+
+    def fake_run_stage(module: str, args: list[str], data_dir: Path) -> tuple[float, float]:
+        calls.append((module, args))
+        return 2.0, 100.0 * len(calls)
+
+    monkeypatch.setattr("scripts.bench_offline.run_stage", fake_run_stage)
+    stages = ["s0_fetch_data", "s1_feature_engi", "s2_item_to_es"]
+    results = run_stages(stages, ["--dataset", "x"], tmp_path, "spark", repeat=1)
+    assert calls == [
+        ("offline.preprocess.s0_fetch_data", ["--dataset", "x"]),
+        ("offline.rank.s1_feature_engi", ["--engine", "spark"]),
+        ("offline_to_online.recall.s2_item_to_es", ["--profile", "embedded"]),
+    ]
+    assert pipeline_total(results) == {"wall_s": 6.0, "peak_mib": 300.0, "stages": 3}
 
 
 @pytest.mark.parametrize("power", [1.0, 1.5, 2.0])
