@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import tqdm
 
@@ -51,11 +51,26 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def silence_progress_bars() -> None:
+    """Every tqdm bar of this process disabled, also those that pass ``disable=`` themselves."""
+    init = tqdm.tqdm.__init__
+    if getattr(init, "silenced", False):
+        return
+
+    @functools.wraps(init)
+    def quiet_init(self: tqdm.tqdm, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    quiet_init.silenced = True  # type: ignore[attr-defined]
+    tqdm.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
+
+
 def run_stage(name: str, args: argparse.Namespace, work: Callable[[ArtifactPaths], object]) -> int:
     """Run one stage: log, time it into ``reports/metrics.json``, turn known errors into one line."""
     configure_logging(getattr(args, "quiet", False))
     if getattr(args, "quiet", False):
-        tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)  # type: ignore[method-assign]
+        silence_progress_bars()
     paths = ArtifactPaths.from_env(args.data_dir)
     started = time.perf_counter()
     try:

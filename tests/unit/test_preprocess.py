@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import tqdm
 
 from data_exchange_center import schema as S
-from offline.common.stage import DataError
+from offline.common.stage import DataError, silence_progress_bars
 from offline.preprocess.pit_features import (
     item_genre_flags,
     list_genres,
@@ -161,3 +163,15 @@ def test_atomic_write_leaves_previous_file_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("interrupted")
     assert pd.read_parquet(target)["x"].tolist() == [1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["a.parquet"]
+
+
+def test_quiet_silences_every_progress_bar_even_one_that_passes_disable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tqdm.tqdm, "__init__", tqdm.tqdm.__init__)  # restored after the test
+    shown = io.StringIO()
+    list(tqdm.tqdm(range(3), file=shown, disable=False))
+    assert shown.getvalue()
+    silence_progress_bars()
+    silence_progress_bars()  # idempotent: stage functions called twice in one process
+    quiet = io.StringIO()
+    list(tqdm.tqdm(range(3), file=quiet, disable=False))
+    assert quiet.getvalue() == ""
