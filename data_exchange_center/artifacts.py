@@ -105,11 +105,14 @@ def write_npz(path: Path, **arrays: np.ndarray) -> Path:
     return path
 
 
-def read_parquet(path: Path, required_columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a Parquet artifact; a missing file or column is an ``ArtifactError`` naming both."""
+def read_parquet(
+    path: Path, required_columns: tuple[str, ...] = (), filters: list[tuple[str, str, Any]] | None = None
+) -> pd.DataFrame:
+    """Read a Parquet artifact (only the rows that pass pyarrow ``filters``, when given); a missing file or
+    column is an ``ArtifactError`` naming both."""
     if not path.exists():
         raise ArtifactError(f"missing artifact {path}: run the stage that writes it first")
-    df = pd.read_parquet(path)
+    df = pd.read_parquet(path, filters=filters)
     missing = [c for c in required_columns if c not in df.columns]
     if missing:
         raise ArtifactError(f"artifact {path} lacks columns {missing}; it has {list(df.columns)}")

@@ -23,7 +23,7 @@ from offline.preprocess.s2_term_trans import term_trans_pandas
 from offline.preprocess.synthetic import SyntheticConfig
 from offline.rank.candidates import is_fit_user
 from offline.rank.s1_feature_engi import feature_engi
-from offline.rank.s2_model_train import training_users
+from offline.rank.s2_model_train import read_rows, training_users
 from offline.recall.s2_vector_recall import training_examples
 
 pytestmark = pytest.mark.unit
@@ -123,6 +123,15 @@ def test_training_users_are_whole_users_within_the_row_budget(tmp_path: Path) ->
     n_rows = int(np.isin(user_ids, chosen).sum())
     next_user = np.setdiff1d(np.unique(user_ids), chosen)[0]
     assert n_rows <= 1_000 and n_rows > 1_000 - 30 and next_user not in chosen
+
+
+def test_read_rows_of_chosen_users_keeps_the_table_and_the_file_order(tmp_path: Path) -> None:
+    table = pd.DataFrame({S.USER_ID: [3, 1, 3, 2, 1], S.ITEM_ID: [10, 11, 12, 13, 14], "x": np.arange(5.0)})
+    path = write_parquet(table, tmp_path / "train.parquet")
+    columns = (S.USER_ID, S.ITEM_ID, S.USER_ID)  # the user id is also a feature column: named twice
+    pd.testing.assert_frame_equal(read_rows(path, columns), table)
+    chosen = read_rows(path, columns, np.array([1, 3]))
+    pd.testing.assert_frame_equal(chosen, table.iloc[[0, 1, 2, 4]].reset_index(drop=True))
 
 
 def test_vector_training_examples_respect_the_sample_budget() -> None:
