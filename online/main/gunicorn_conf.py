@@ -9,8 +9,12 @@
   is set here, before any worker imports ``prometheus_client``; the folder is emptied when the
   server starts and a dead worker's live gauges are removed (``child_exit``).
 
-- Threads per worker: ``GUNICORN_THREADS``, else 2 on in-process backends and 4 when a role waits on a
-  server (``default_threads``).
+- Threads per worker: ``GUNICORN_THREADS``, default 2 on every profile. The work between backend calls
+  is CPU-bound Python, so more threads mostly queue for the GIL: on ML-1M, 2 workers, the load generator
+  on the same 2 cores, idle machine, three runs each (2026-12-04), the compose profile (real Redis and
+  tritonserver) gave open-loop p99 at 200 req/s median 14.4 ms with 2 threads, 13.9 ms with 3 and
+  27.7 ms with 4 (one run with 1 error at 123 ms), and saturation 355 / 354 / 340 req/s; embedded, p99
+  74 ms with 2 threads and 406 ms with 4 (an earlier, busy measurement).
 
 Command-line options (``--workers``, ``--threads``, ``--bind``) override these values.
 """
@@ -28,24 +32,7 @@ os.environ[MULTIPROC_ENV] = metrics_dir  # before prometheus_client is imported 
 
 worker_class = "online.main.shedding_worker.SheddingThreadWorker"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-
-
-def default_threads() -> int:
-    """Threads per worker: 2 when every role answers in process (the work is CPU-bound: more threads only
-    queue for the GIL; measured on ML-1M at 200 req/s, p99 74 ms with 2 threads, 406 ms with 4), 4 when a
-    role waits on a server (Redis, Feast, Triton, Elasticsearch: 148 req/s at saturation with 4, 122 with 2).
-    A bad setting is left for the worker to report (it loads the settings again and names it)."""
-    from data_exchange_center.settings import ROLES, SettingsError, load_settings
-
-    try:
-        settings = load_settings()
-    except SettingsError:
-        return 2
-    in_process = all(settings.backend_of(role) == "local" for role in ROLES)
-    return 2 if in_process else 4
-
-
-threads = int(os.environ.get("GUNICORN_THREADS") or default_threads())
+threads = int(os.environ.get("GUNICORN_THREADS") or 2)
 backlog = 256  # connections waiting for accept(); a worker accepts at once and sheds on its own
 keepalive = 5
 timeout = 30
