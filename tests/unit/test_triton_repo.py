@@ -55,7 +55,7 @@ dynamic_batching {
 }
 instance_group [
   {
-    count: 1
+    count: 2
     kind: KIND_CPU
   }
 ]
