@@ -74,6 +74,9 @@ class Settings(BaseModel):
     max_in_flight: int = Field(
         32, ge=0, description="requests one gunicorn worker has in its threads; beyond, 503 at once (0: no bound)"
     )
+    worker_load_wait_s: float = Field(
+        60.0, ge=0, description="a gunicorn worker accepts connections once its snapshots loaded, waiting at most this"
+    )
     rate_limit_rps: float = Field(0.0, ge=0, description="per-client requests per second (token bucket; 0: off)")
     rate_limit_burst: int = Field(20, ge=1, description="per-client burst of the rate limit")
     # the chain

@@ -11,6 +11,12 @@ request's bytes are read first (they have arrived: the socket is readable) and t
 alive, so a client sees a complete answer and no reset; a new connection whose request has not
 arrived yet waits on the event loop (not in the pool) and is answered when it has.
 
+A worker accepts no connection until the published versions it serves have loaded (or failed once, so
+that a fallback answers), at most ``RECSYS_WORKER_LOAD_WAIT_S``: right after a start, or a restart of one
+worker, connections wait in the listen backlog or go to a sibling that is serving, instead of getting
+``503 not_ready`` from a worker that is still reading its tables (about 20 s for ML-1M's Feast tables)
+while ``/ready``, answered by its sibling, already says 200.
+
 It uses gunicorn 27's connection bookkeeping (``keepalived_conns``, ``pending_conns``), hence the
 ``gunicorn>=27,<28`` range.
 
@@ -21,6 +27,7 @@ counted in ``recsys_shed_total`` (in ``/metrics`` under the multi-process mode t
 from __future__ import annotations
 
 import json
+import logging
 import re
 import selectors
 import socket
@@ -30,6 +37,8 @@ from functools import partial
 from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
+
+log = logging.getLogger("recsys.online.worker")
 
 SHED_BODY = json.dumps(
     {"error": {"code": "overloaded", "message": "the service is at capacity; retry after 1 s"}},
@@ -92,6 +101,7 @@ class SheddingThreadWorker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_in_flight = 0  # set in init_process from the service's settings (0: no bound)
+        self.load_wait_s = 0.0  # likewise: how long run() waits for the snapshots before accepting
         self.in_flight = 0
         self._count_lock = threading.Lock()
         self._shed_counter: Any = None
@@ -99,7 +109,8 @@ class SheddingThreadWorker(ThreadWorker):
     def init_process(self) -> None:
         from data_exchange_center.settings import load_settings
 
-        self.max_in_flight = load_settings().max_in_flight
+        settings = load_settings()
+        self.max_in_flight, self.load_wait_s = settings.max_in_flight, settings.worker_load_wait_s
         try:
             from prometheus_client import Counter
 
@@ -107,6 +118,33 @@ class SheddingThreadWorker(ThreadWorker):
         except ValueError:  # already registered in this process
             self._shed_counter = None
         super().init_process()
+
+    def run(self) -> None:
+        self.wait_for_snapshots()
+        super().run()
+
+    def wait_for_snapshots(self) -> None:
+        """Until every snapshot of the app's service has loaded or failed once (at most ``load_wait_s``),
+        heartbeat instead of accepting connections."""
+        from online.main.s1_server import SERVICE_KEY
+
+        service = getattr(self.wsgi, "extensions", {}).get(SERVICE_KEY)
+        if service is None or not self.load_wait_s:
+            return
+        started = time.monotonic()
+        while self.alive:
+            pending = [r.name for r in service.snapshots() if not r.loaded and r.last_error is None]
+            if not pending:
+                log.info("snapshots loaded, accepting connections", extra={"seconds": time.monotonic() - started})
+                return
+            if time.monotonic() - started > self.load_wait_s:
+                log.warning(
+                    "still loading after RECSYS_WORKER_LOAD_WAIT_S, accepting connections anyway",
+                    extra={"pending": pending, "seconds": self.load_wait_s},
+                )
+                return
+            self.notify()  # the arbiter's heartbeat: a worker that loads is not a worker that hangs
+            time.sleep(0.05)
 
     def enqueue_req(self, conn: Any) -> None:
         if self.max_in_flight and self.in_flight >= self.max_in_flight and self._shed(conn):

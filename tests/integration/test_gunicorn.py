@@ -29,14 +29,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
     return publish_tiny(tmp_path_factory.mktemp("published"))
 
 
-def start_gunicorn(data_dir: Path, log_path: Path, workers: int, extra_env: dict[str, str]) -> tuple[str, Any]:
+def launch_gunicorn(data_dir: Path, log_path: Path, workers: int, extra_env: dict[str, str]) -> tuple[str, Any]:
     port = free_port()
     env = os.environ | {"RECSYS_DATA_DIR": str(data_dir), "RECSYS_LOG_LEVEL": "WARNING", **extra_env}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     cmd = [sys.executable, "-m", "gunicorn", "-c", "python:online.main.gunicorn_conf", "--bind", f"127.0.0.1:{port}",
            "--workers", str(workers), "online.main.s1_server:create_app()"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}", proc
+
+
+def start_gunicorn(data_dir: Path, log_path: Path, workers: int, extra_env: dict[str, str]) -> tuple[str, Any]:
+    url, proc = launch_gunicorn(data_dir, log_path, workers, extra_env)
     deadline, ready_pids = time.monotonic() + 180, set()
     while True:  # every worker loads on its own: wait until each one has said it is ready
         try:
@@ -110,3 +114,25 @@ def test_overload_is_rejected_at_once_not_queued(server: str, tiny: TinyArtifact
     with urllib.request.urlopen(f"{server}/metrics", timeout=5) as reply:
         shed = [x for x in reply.read().decode().splitlines() if x.startswith("recsys_shed_total ")]
     assert float(shed[0].split()[-1]) == statuses.count(503)
+
+
+def test_a_starting_worker_accepts_nothing_until_it_has_loaded(tiny: TinyArtifacts, tmp_path: Path) -> None:
+    """From the first answer of a fresh server on, every request is served: a worker still loading its
+    snapshots does not take connections (without the wait, such a worker answers 503 not_ready)."""
+    log_path = tmp_path / "gunicorn.log"
+    url, proc = launch_gunicorn(tiny.paths.data_dir, log_path, 2, {})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except (OSError, urllib.error.HTTPError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"gunicorn did not answer /health:\n{tail(log_path)}")
+                time.sleep(0.02)
+        statuses = [post(url, int(tiny.userids[i % len(tiny.userids)]))[0] for i in range(40)]  # new connections
+        assert statuses == [200] * 40, statuses
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

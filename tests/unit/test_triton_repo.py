@@ -59,6 +59,29 @@ instance_group [
     kind: KIND_CPU
   }
 ]
+model_warmup [
+  {
+    name: "zeros"
+    batch_size: 256
+    count: 2
+    inputs {
+      key: "sparse_ids"
+      value: {
+        data_type: TYPE_INT64
+        dims: [ 5 ]
+        zero_data: true
+      }
+    }
+    inputs {
+      key: "dense"
+      value: {
+        data_type: TYPE_FP32
+        dims: [ 57 ]
+        zero_data: true
+      }
+    }
+  }
+]
 """
 
 
