@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from data_exchange_center.events import SQLITE_COLUMNS, Event, StoredEvent
@@ -40,6 +41,24 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_user ON events (userid, seq);
 """
 COLUMNS = ", ".join(SQLITE_COLUMNS)
+
+
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Switch the database to WAL (it stays so, in the file). Two processes that open a new log at the same
+    moment (gunicorn's workers) contend for the switch, and SQLite answers "database is locked" at once
+    there instead of waiting on the busy timeout: retry until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+            continue
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"the event log cannot use WAL mode (journal_mode={mode})")
+        return
 
 
 def _stored(row: tuple[int, str, int, int, float, str | None, int]) -> StoredEvent:
@@ -76,9 +95,9 @@ class SqliteEventLog:
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                      check_same_thread=False)  # fmt: skip
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
         connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _use_wal(connection)
+        connection.execute("PRAGMA synchronous=FULL")
         self._local.connection, self._local.pid = connection, os.getpid()
         self._connections.append(connection)
         return connection

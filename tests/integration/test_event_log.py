@@ -8,6 +8,7 @@ which every acknowledged event is there (counted).
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -86,6 +88,27 @@ def test_sqlite_log_is_shared_by_processes(tmp_path: Path) -> None:
                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
     assert out.stdout.strip() == "4"  # the other process saw our three and added one
     assert [s.event.event_id for s in SqliteEventLog(path=path).read_user(1, 0, 100, 1.0)][-1] == "p1"
+
+
+def _open_and_append(path: Path, barrier: Any, name: str) -> None:
+    barrier.wait()
+    SqliteEventLog(path=path).append([Event(name, 1, 9, 5.0, None, 1)])
+
+
+def test_processes_that_open_a_new_sqlite_log_together_all_start(tmp_path: Path) -> None:
+    """gunicorn's workers, forked together, open a fresh log at the same moment; SQLite's switch to WAL is
+    contended then (without a retry one worker failed to boot with "database is locked" and took the server
+    down). Forked processes released by a barrier, on ten fresh logs."""
+    context = mp.get_context("fork")
+    for attempt in range(10):
+        path, barrier = tmp_path / f"events-{attempt}.sqlite3", context.Barrier(6)
+        procs = [context.Process(target=_open_and_append, args=(path, barrier, f"w{i}")) for i in range(6)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=60)
+        assert [proc.exitcode for proc in procs] == [0] * 6, f"attempt {attempt}"
+        assert len(SqliteEventLog(path=path).read_user(1, 0, 100, 1.0)) == 6
 
 
 def test_redis_without_aof_refuses_to_acknowledge(tmp_path: Path) -> None:
