@@ -106,8 +106,8 @@ WARM_STREAK = 40  # consecutive 200s to POST /ml/rec on new connections: every w
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 300) -> float:
     """Seconds until the server serves: ``/ready`` answers 200 (from whichever worker took the connection),
-    then ``WARM_STREAK`` recommendations in a row succeed, each on a new connection (so that every worker
-    has loaded its snapshots: a worker still loading answers 503 ``not_ready`` while its sibling is ready)."""
+    then ``WARM_STREAK`` recommendations in a row succeed, each on a new connection (workers accept nothing
+    before they have loaded, so this holds at once; it stays as a check, and it warms the connections up)."""
     started, streak, body = time.monotonic(), 0, json.dumps({"userid": 1}).encode()
     while time.monotonic() - started < timeout_s:
         if proc.poll() is not None:
