@@ -65,9 +65,9 @@ def test_sampled_softmax_masks_a_negative_equal_to_the_target() -> None:
     liked = torch.ones(1, 3)
     # one item: every negative is the target, so the target is the only candidate left
     loss = sampled_softmax_loss(model, recent, liked, torch.tensor([1]), n_items=1, n_negatives=16)
-    assert float(loss) == 0.0
+    assert loss.detach().item() == 0.0
     model = NextItemModel(n_items=50, item_genres=np.zeros((51, 2), np.float32), dim=4, window=3, hidden=8)
     loss = sampled_softmax_loss(model, recent, liked, torch.tensor([7]), n_items=50, n_negatives=16)
     loss.backward()
-    assert torch.isfinite(loss) and float(loss) > 0
+    assert torch.isfinite(loss) and loss.detach().item() > 0
     assert model.item_embedding.weight.grad is not None and model.item_embedding.weight.grad[7].abs().sum() > 0
