@@ -23,10 +23,9 @@ from flask import Flask
 from data_exchange_center.settings import Settings, SettingsError, load_settings
 from online.service.observability import configure_logging
 from online.service.routes import register_routes
-from online.service.service import RecService
+from online.service.service import SERVICE_KEY, RecService
 
 log = logging.getLogger("recsys.online.server")
-SERVICE_KEY = "recsys"
 
 
 def create_app(settings: Settings | None = None, *, backends: dict[str, Any] | None = None) -> Flask:

@@ -126,14 +126,14 @@ class SheddingThreadWorker(ThreadWorker):
     def wait_for_snapshots(self) -> None:
         """Until every snapshot of the app's service has loaded or failed once (at most ``load_wait_s``),
         heartbeat instead of accepting connections."""
-        from online.main.s1_server import SERVICE_KEY
+        from online.service.service import SERVICE_KEY
 
         service = getattr(self.wsgi, "extensions", {}).get(SERVICE_KEY)
         if service is None or not self.load_wait_s:
             return
         started = time.monotonic()
         while self.alive:
-            pending = [r.name for r in service.snapshots() if not r.loaded and r.last_error is None]
+            pending = service.loading()
             if not pending:
                 log.info("snapshots loaded, accepting connections", extra={"seconds": time.monotonic() - started})
                 return

@@ -26,6 +26,7 @@ from online.service.registry import build_backends
 from online.service.resilience import CircuitBreaker, Deadline, Guard
 
 log = logging.getLogger("recsys.online.service")
+SERVICE_KEY = "recsys"  # the Flask app extension that holds the app's RecService (``s1_server.create_app``)
 GUARDED = ("profile", "item_index", "features", "scorer")  # the role names of responses, /ready and metrics
 # roles with a built-in answer when their server fails: the unknown user (popularity), the recall order
 LAST_RESORT = {"profile": "profiles", "scorer": "scorer"}
@@ -102,6 +103,10 @@ class RecService:
     def snapshots(self) -> list[Refreshing[Any]]:
         """Every versioned snapshot the backends hold in this process."""
         return [refreshing for backend in self.backends.all() for refreshing in backend.snapshots()]
+
+    def loading(self) -> list[str]:
+        """The snapshots that have neither loaded nor failed yet (a failed one has a fallback answering)."""
+        return [r.name for r in self.snapshots() if not r.loaded and r.last_error is None]
 
     def _on_switch(self, component: str, previous: str | None, version: str) -> None:
         if previous is not None:
