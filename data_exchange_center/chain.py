@@ -57,6 +57,9 @@ class UserState:
     seen_labels: np.ndarray  # (n_seen,) int8
     base_event_seq: int = 0  # the newest event-log rating in ``seen`` (the service applies later events)
     seen_ratings: np.ndarray | None = None  # (n_seen,) float32 aligned with ``seen``; None: not published
+    # the SHA-256 of the user tower that computed ``vector`` from exactly ``seen`` and ``seen_labels``
+    # (None: not known, or the history changed since): the tower's output for this state, without running it
+    vector_tower: str | None = None
 
     @classmethod
     def unknown(cls) -> UserState:

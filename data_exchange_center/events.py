@@ -92,7 +92,9 @@ def apply_events(
     all_ratings = None
     if base.seen_ratings is not None and ratings is not None:
         all_ratings = np.concatenate([base.seen_ratings, np.asarray(ratings, dtype=np.float32)])[keep]
-    return dataclasses.replace(base, seen=all_items[keep], seen_labels=all_labels[keep], seen_ratings=all_ratings)
+    return dataclasses.replace(
+        base, seen=all_items[keep], seen_labels=all_labels[keep], seen_ratings=all_ratings, vector_tower=None
+    )  # the published vector is of the history before the events
 
 
 def recent_terms(

@@ -11,7 +11,7 @@ Embedded stores (the default profile serves from these folders under ``paths.onl
                                           seen_ratings list<float32> (absent in older versions),
                                           base_event_seq int64 (the newest event-log rating in seen; 0: none)
     online/users/<version>/vectors.npz    ids int64 (n,), vectors float32 (n, dim)
-    online/users/<version>/manifest.json  version, n_users, vector_dim, sources, created_at
+    online/users/<version>/manifest.json  version, n_users, vector_dim, sources, created_at, vector_tower
     online/items/CURRENT                  text: the live version id
     online/items/<version>/               copies of the item artifacts (item_terms.parquet, item_vectors.npz,
                                           popularity.parquet, item_neighbors.parquet), chain.json (the chain

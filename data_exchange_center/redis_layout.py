@@ -8,7 +8,7 @@ Keys (``ns`` = ``Settings.redis_namespace``, ``ver`` = a version id, see ``onlin
 
     {ns}:users:current                  string  the live version id (the pointer a reader follows)
     {ns}:users:versions                 set     every version a publisher started (for clean-up)
-    {ns}:users:v:{ver}:meta             hash    format, n_users, vector_dim, state, created_at
+    {ns}:users:v:{ver}:meta             hash    format, n_users, vector_dim, state, created_at, vector_tower
     {ns}:users:v:{ver}:u:{userid}       hash    terms, vector, seen, seen_labels, seen_ratings, base_event_seq
                                                 (one read)
 
@@ -19,7 +19,8 @@ ranker's history features of a user with live events; versions published without
 their users' history features do not follow events), ``base_event_seq`` the ASCII decimal store
 sequence number of the newest event-log rating among ``seen`` (the service applies the user's events
 after it). A user without a vector has no ``vector`` field, one without events in the base no
-``base_event_seq`` (0).
+``base_event_seq`` (0). The meta's ``vector_tower`` is the hex SHA-256 of the user tower that computed
+the version's vectors from the published ``seen``/``seen_labels`` (absent: not known).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ META_N_USERS = b"n_users"
 META_VECTOR_DIM = b"vector_dim"
 META_STATE = b"state"
 META_CREATED_AT = b"created_at"
+META_VECTOR_TOWER = b"vector_tower"
 STATE_WRITING = b"writing"
 STATE_COMPLETE = b"complete"
 
@@ -234,14 +236,19 @@ def decode_user(userid: int, fields: Mapping[bytes, bytes]) -> UserProfileRecord
     )
 
 
-def encode_meta(n_users: int, vector_dim: int, created_at: str, state: bytes) -> dict[bytes, bytes]:
-    return {
+def encode_meta(
+    n_users: int, vector_dim: int, created_at: str, state: bytes, vector_tower: str | None = None
+) -> dict[bytes, bytes]:
+    meta = {
         META_FORMAT: str(FORMAT_VERSION).encode(),
         META_N_USERS: str(int(n_users)).encode(),
         META_VECTOR_DIM: str(int(vector_dim)).encode(),
         META_CREATED_AT: created_at.encode(),
         META_STATE: state,
     }
+    if vector_tower is not None:
+        meta[META_VECTOR_TOWER] = vector_tower.encode()
+    return meta
 
 
 # --- the event log (POST /ml/events) ----------------------------------------------------------------

@@ -86,3 +86,5 @@ LABELS = "labels"
 RATINGS = "ratings"
 VECTOR_IDS = "ids"
 VECTORS = "vectors"
+# recall/user_vectors.npz: the SHA-256 of the user tower (recall/user_tower.onnx) that computed the vectors
+VECTOR_TOWER = "tower_sha256"

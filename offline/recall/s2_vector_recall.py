@@ -9,8 +9,10 @@ the train split, the user's train items excluded). Writes
 - recall/item_vectors.npz (ids, ``[v_i, b_i]``): the kNN index's vectors, in vocabulary order;
 - recall/vector_model/user_tower.onnx and model_args.json: the user side, computed at request time;
 - recall/vector_model/model.pt, reference_vectors.parquet (PyTorch vectors of the first users);
-- recall/user_vectors.npz (ids, ``[u, 1]``): the user side of every user after the offline period, by
-  ONNX Runtime with the serving encoding (what the chain evaluates and what a profile store can cache).
+- recall/user_vectors.npz (ids, ``[u, 1]``, tower_sha256): the user side of every user after the offline
+  period, by ONNX Runtime with the serving encoding (what the chain evaluates and what the profile store
+  serves), with the SHA-256 of the tower file that computed them: the service runs the tower only for a
+  user whose history changed since (live events) or whose published vector is of another tower.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from data_exchange_center.artifacts import (
     ArtifactError,
     atomic_path,
     read_parquet,
+    sha256_of,
     update_metrics,
     write_json,
     write_metadata,
@@ -134,7 +137,8 @@ def vector_recall(paths: ArtifactPaths, config: NextItemConfig) -> dict[str, obj
     _, labels = split_by_user(offline, S.LABEL)
     user_vectors = onnx_user_vectors(paths.user_tower_onnx_path, seen, labels, vocab_ids, config.window)
     check_against_torch(paths, model, user_ids, seen, labels, vocab_ids, config.window, user_vectors)
-    write_npz(paths.user_vectors_path, **{S.VECTOR_IDS: user_ids, S.VECTORS: user_vectors})
+    tower = np.array(sha256_of(paths.user_tower_onnx_path))
+    write_npz(paths.user_vectors_path, **{S.VECTOR_IDS: user_ids, S.VECTORS: user_vectors, S.VECTOR_TOWER: tower})
     result: dict[str, object] = {"val_recall_at_50": best["val_recall"], "best_epoch": best["epoch"],
               "train_seconds": history[-1]["seconds"] if history else 0.0}  # fmt: skip
     write_metadata(paths.recall_dir, "s2_vector_recall", {**result, "dim": int(user_vectors.shape[1]),

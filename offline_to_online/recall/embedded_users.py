@@ -98,6 +98,7 @@ def write_version(folder: Path, source: UserSource, version: str) -> None:
         "n_vectors": int(has_vector.sum()),
         "vector_dim": source.vector_dim,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "vector_tower": source.vector_tower,  # the tower that computed the vectors (None: not known)
     }
     make_readable(write_json(manifest, folder / L.MANIFEST_FILE))
 

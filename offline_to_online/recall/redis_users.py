@@ -101,7 +101,7 @@ def current_version(client: redis.Redis, namespace: str) -> str | None:
 
 def write_meta(client: redis.Redis, namespace: str, version: str, source: UserSource, state: bytes) -> None:
     created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    meta = R.encode_meta(source.n_users, source.vector_dim, created_at, state)
+    meta = R.encode_meta(source.n_users, source.vector_dim, created_at, state, source.vector_tower)
     client.hset(R.meta_key(namespace, version), mapping=meta)  # type: ignore[arg-type]
 
 

@@ -37,6 +37,7 @@ class UserSource:
     seen_labels: list[np.ndarray]  # (n_users,) int8 labels aligned with ``seen``
     seen_ratings: list[np.ndarray]  # (n_users,) float32 ratings aligned with ``seen``
     base_event_seqs: np.ndarray | None = None  # (n_users,) int64: the newest event in the seen items, 0 = none
+    vector_tower: str | None = None  # the SHA-256 of the user tower that computed ``vectors`` (None: unknown)
 
     @property
     def n_users(self) -> int:
@@ -68,7 +69,7 @@ def load_user_source(paths: ArtifactPaths) -> UserSource:
     check_vector_dims(paths)
     require_unique(profiles[S.USER_ID], paths.user_profiles_path.name)
     require_unique(seen[S.USER_ID], paths.user_seen_path.name)
-    source = align_users(profiles, seen, ids, matrix)
+    source = dataclasses.replace(align_users(profiles, seen, ids, matrix), vector_tower=vector_tower_of(vectors))
     if paths.event_seqs_path.exists():
         event_seqs = read_parquet(paths.event_seqs_path, (S.USER_ID, S.ITEM_ID, EVENT_SEQ))
         source = dataclasses.replace(source, base_event_seqs=base_event_seqs(source, event_seqs))
@@ -92,6 +93,17 @@ def base_event_seqs(source: UserSource, event_seqs: pd.DataFrame) -> np.ndarray:
     newest = hits.groupby(S.USER_ID)[EVENT_SEQ].max()
     out[np.searchsorted(source.userids, newest.index.to_numpy(np.int64))] = newest.to_numpy(np.int64)
     return out
+
+
+def vector_tower_of(arrays: dict[str, np.ndarray]) -> str | None:
+    """The tower's SHA-256 stored with the user vectors (None in artifacts written before it was)."""
+    tower = arrays.get(S.VECTOR_TOWER)
+    if tower is None:
+        return None
+    value = str(tower)
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ArtifactError(f"user vectors: {S.VECTOR_TOWER} must be a hex SHA-256, got {value[:80]!r}")
+    return value
 
 
 def check_vectors(arrays: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +151,11 @@ def align_users(profiles: pd.DataFrame, seen: pd.DataFrame, vector_ids: np.ndarr
     seen_labels = [_EMPTY_LABELS] * len(userids)
     seen_ratings = [_EMPTY_RATINGS] * len(userids)
     for pos, items, labels, ratings, userid in zip(
-        index.get_indexer(seen[S.USER_ID]), seen[S.ITEMS], seen[S.LABELS], seen[S.RATINGS], seen[S.USER_ID],
+        index.get_indexer(seen[S.USER_ID]),
+        seen[S.ITEMS],
+        seen[S.LABELS],
+        seen[S.RATINGS],
+        seen[S.USER_ID],
         strict=True,
     ):
         items_arr = np.asarray(items if items is not None else [], dtype=np.int64)

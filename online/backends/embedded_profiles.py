@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from data_exchange_center import online_layout as L
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import ArtifactError, read_npz
+from data_exchange_center.artifacts import ArtifactError, read_json, read_npz
 from data_exchange_center.chain import UserState
 from data_exchange_center.settings import Settings
 from online.backends.base import ReadyStatus
@@ -37,6 +37,7 @@ class UserTable:
     vectors: np.ndarray  # (n_vectors, dim) float32
     base_event_seqs: np.ndarray  # (n_users,) int64, 0 when no event-log rating is in the base
     seen_ratings: np.ndarray | None = None  # (total_seen,) float32 aligned with seen_items; None: not published
+    vector_tower: str | None = None  # the SHA-256 of the user tower that computed ``vectors`` (manifest)
 
     def lookup(self, userid: int) -> UserState | None:
         pos = int(np.searchsorted(self.userids, userid))
@@ -51,6 +52,7 @@ class UserTable:
             seen_labels=self.seen_labels[lo:hi],
             base_event_seq=int(self.base_event_seqs[pos]),
             seen_ratings=self.seen_ratings[lo:hi] if self.seen_ratings is not None else None,
+            vector_tower=self.vector_tower,
         )
 
 
@@ -91,7 +93,10 @@ def load_user_table(version_dir: Path, version: str) -> UserTable:
     names = table.column_names
     base = (table.column(L.BASE_EVENT_SEQ).to_numpy().astype(np.int64) if L.BASE_EVENT_SEQ in names
             else np.zeros(len(userids), np.int64))  # versions published before the watermark existed  # fmt: skip
-    return UserTable(version, userids, terms, offsets, seen, labels, vector_rows, vectors, base, ratings)
+    manifest_path = version_dir / L.MANIFEST_FILE
+    tower = read_json(manifest_path).get("vector_tower") if manifest_path.exists() else None
+    return UserTable(version, userids, terms, offsets, seen, labels, vector_rows, vectors, base, ratings,
+                     None if tower is None else str(tower))  # fmt: skip
 
 
 class EmbeddedProfileStore:

@@ -1,9 +1,10 @@
 """The compose profile's user profile store: Redis, in the key layout of ``data_exchange_center.redis_layout``.
 
 The live version (the pointer key) is re-read by the service's background thread every
-``POINTER_CACHE_TTL_S``, never on a request's clock. A request reads the user's hash with one
-``HGETALL`` bounded by its own budget (``redis_calls``); on an empty reply the pointer is read once
-more within that budget, in case the version just switched and the old one was deleted. The client
+``POINTER_CACHE_TTL_S``, never on a request's clock, with the version's ``vector_tower`` (meta hash). A
+request reads the user's hash with one ``HGETALL`` bounded by its own budget (``redis_calls``); on an
+empty reply the pointer is read once more within that budget, in case the version just switched and the
+old one was deleted. The client
 never retries and its connection pool is made once per worker process.
 """
 
@@ -33,6 +34,7 @@ class RedisProfileStore:
         self.client = client or bounded_client(settings.redis_url, self.timeout_s)
         self.server = settings.redis_url  # the server this role calls (roles on one server fail together)
         self._version: str | None = None
+        self._towers: dict[str, str | None] = {}  # version -> the tower that computed its vectors (meta)
         self._next_check = 0.0
         self.last_error: str | None = None
 
@@ -58,7 +60,7 @@ class RedisProfileStore:
         if record is None:
             return None, version
         state = UserState(record.terms, record.vector, record.seen, record.seen_labels, record.base_event_seq,
-                          record.seen_ratings)  # fmt: skip
+                          record.seen_ratings, self._towers.get(version))  # fmt: skip
         return state, version
 
     def _hgetall(self, version: str, userid: int, timeout_s: float) -> dict[bytes, bytes]:
@@ -71,7 +73,11 @@ class RedisProfileStore:
             return
         self._next_check = now + R.POINTER_CACHE_TTL_S
         try:
-            self._read_pointer(max(self.timeout_s, 1.0))
+            version = self._read_pointer(max(self.timeout_s, 1.0))
+            if version is not None and version not in self._towers:
+                tower = call(self.client, max(self.timeout_s, 1.0), "HGET", R.meta_key(self.namespace, version),
+                             R.META_VECTOR_TOWER)  # fmt: skip
+                self._towers = {version: None if tower is None else cast(bytes, tower).decode()}
             self.last_error = None if self._version is not None else "no users version published yet"
         except redis.RedisError as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"

@@ -22,7 +22,7 @@ import numpy as np
 from data_exchange_center import model_signature as sig
 from data_exchange_center import online_layout as L
 from data_exchange_center import schema as S
-from data_exchange_center.artifacts import read_npz
+from data_exchange_center.artifacts import read_npz, sha256_of
 from data_exchange_center.chain import UserState
 from data_exchange_center.feature_spec import encode_recent_items
 from data_exchange_center.settings import Settings
@@ -39,6 +39,12 @@ class UserTower:
     args: L.UserTowerArgs
     vocab_ids: np.ndarray  # (n_items,) int64 sorted: the item vectors' ids
     session: Any  # onnxruntime.InferenceSession
+    sha256: str  # of the tower file (the version's manifest): a user state whose vector it made needs no run
+
+    def made(self, state: UserState) -> bool:
+        """Whether ``state.vector`` is this tower's output for ``state``'s history (published by the
+        users stage, no live events since): running the tower again would give the same vector."""
+        return state.vector is not None and state.vector_tower == self.sha256
 
     def encode(self, state: UserState) -> tuple[np.ndarray, np.ndarray]:
         """``recent_items`` (1, window) int64 and ``recent_liked`` (1, window) float32 of ``state``."""
@@ -58,13 +64,15 @@ class TowerSnapshot:
 def load_tower(store_dir: Path, item_version: str) -> TowerSnapshot:
     """The tower of one published item version (after checking its files against the manifest)."""
     version_dir = store_dir / item_version
-    L.verify_version_files(version_dir)
+    manifest = L.verify_version_files(version_dir)
     args = L.read_user_tower_args(version_dir)
     if args is None:
         return TowerSnapshot(item_version, None)
     vocab = read_npz(version_dir / L.ITEM_VECTORS_FILE, (S.VECTOR_IDS,))[S.VECTOR_IDS].astype(np.int64)
     session = load_session(version_dir / L.USER_TOWER_FILE)
-    return TowerSnapshot(item_version, UserTower(item_version, args, vocab, session))
+    listed: Any = manifest.get("files", {}).get(L.USER_TOWER_FILE)  # type: ignore[attr-defined]
+    digest = str(listed["sha256"]) if listed else sha256_of(version_dir / L.USER_TOWER_FILE)  # checked above
+    return TowerSnapshot(item_version, UserTower(item_version, args, vocab, session, digest))
 
 
 class UserTowers:

@@ -244,10 +244,11 @@ class Recommender:
     def user_vector(self, req: _Request, user: chain.UserState, item_version: str) -> chain.UserState:
         """``user`` with the vector model's user side of its recent items, computed now by the scorer role
         with the tower of ``item_version``; unchanged (the published vector) when that version has no
-        tower or no scorer answers, and for a user without seen items."""
+        tower or no scorer answers, for a user without seen items, and when the published vector is that
+        tower's output for this very history (no live events since: no model call needed)."""
         towers = self.backends.towers
         tower = towers.tower_for(item_version) if towers is not None else None
-        if tower is None or len(user.seen) == 0:
+        if tower is None or len(user.seen) == 0 or tower.made(user):
             return user
         items, liked = tower.encode(user)
         try:

@@ -17,13 +17,17 @@ import numpy as np
 import pytest
 import redis
 
+from data_exchange_center import online_layout as L
 from data_exchange_center import redis_layout as R
-from data_exchange_center.artifacts import write_npz
+from data_exchange_center import schema as S
+from data_exchange_center.artifacts import ArtifactError, read_npz, write_npz
 from data_exchange_center.settings import load_settings
 from offline_to_online.recall import s1_user_to_redis
 from offline_to_online.recall.redis_users import compare_records, publish_users_to_redis, read_live_user
 from offline_to_online.recall.stages import user_to_redis
 from offline_to_online.recall.user_source import load_user_source
+from online.backends.embedded_profiles import load_user_table
+from online.backends.redis_profiles import RedisProfileStore
 from scripts.native_servers import REPO_ROOT, RedisServer, free_port
 from tests.fixtures_artifacts import TinyConfig, write_tiny_artifacts
 
@@ -79,6 +83,42 @@ def test_publish_reads_back_every_user_and_a_rerun_replaces_the_version(
     assert not any(key.startswith(R.version_prefix(namespace, first.version)) for key in keys)
     assert len(keys) == 2 * (source.n_users + 1) + 2  # two versions' users + meta, pointer, versions set
     assert members(client, R.versions_key(namespace)) == {second.version.encode(), third.version.encode()}
+
+
+def test_the_tower_that_made_the_vectors_reaches_both_profile_stores(
+    tmp_path: Path, redis_server: RedisServer, namespace: str
+) -> None:
+    tiny = write_tiny_artifacts(tmp_path)
+    arrays = read_npz(tiny.paths.user_vectors_path)
+    tower = "ab" * 32
+    write_npz(tiny.paths.user_vectors_path, **arrays, **{S.VECTOR_TOWER: np.array(tower)})
+    common = ["--data-dir", str(tmp_path), "--quiet"]
+    compose = ["--profile", "compose", "--redis-url", redis_server.url, "--namespace", namespace]
+    assert s1_user_to_redis.main([*common, *compose]) == 0
+    assert s1_user_to_redis.main([*common, "--profile", "embedded"]) == 0
+    settings = load_settings({"data_dir": tmp_path, "redis_url": redis_server.url, "redis_namespace": namespace},
+                             environ={})  # fmt: skip
+    redis_store = RedisProfileStore(settings)
+    redis_store.maybe_refresh()  # the service's background thread: the pointer and the version's tower
+    userid = int(arrays[S.VECTOR_IDS][0])
+    state, _ = redis_store.fetch(userid, 1.0)
+    assert state is not None and state.vector is not None and state.vector_tower == tower
+    redis_store.close()
+    version_dir = L.current_version_dir(L.users_store_dir(tiny.paths))
+    assert version_dir is not None
+    state = load_user_table(version_dir, version_dir.name).lookup(userid)
+    assert state is not None and state.vector is not None and state.vector_tower == tower
+
+    write_npz(tiny.paths.user_vectors_path, **arrays)  # written before the vector stage stored its tower
+    assert s1_user_to_redis.main([*common, *compose]) == 0
+    redis_store = RedisProfileStore(settings)
+    redis_store.maybe_refresh()
+    state, _ = redis_store.fetch(userid, 1.0)
+    assert state is not None and state.vector_tower is None  # unknown: the service runs the tower
+    redis_store.close()
+    write_npz(tiny.paths.user_vectors_path, **arrays, **{S.VECTOR_TOWER: np.array("not a digest")})
+    with pytest.raises(ArtifactError, match="tower_sha256 must be a hex SHA-256"):
+        load_user_source(tiny.paths)
 
 
 def test_stage_command_publishes_to_redis_and_embedded(

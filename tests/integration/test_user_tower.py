@@ -22,7 +22,8 @@ from flask import Flask
 
 from data_exchange_center import model_signature as sig
 from data_exchange_center import online_layout as L
-from data_exchange_center.artifacts import write_json
+from data_exchange_center import schema as S
+from data_exchange_center.artifacts import sha256_of, write_json, write_npz
 from data_exchange_center.events import apply_events
 from data_exchange_center.paths import ArtifactPaths
 from data_exchange_center.settings import load_settings
@@ -178,6 +179,63 @@ def test_a_failing_scorer_keeps_the_published_vector_and_says_so(tiny: TinyArtif
         body = rec(app, userid)
         assert body["degraded"] == ["scorer"]
         assert items_of(body) == expected(tiny, userid)[0].tolist()  # the published vector
+    finally:
+        service_of(app).close()
+
+
+def publish_the_towers_vectors(paths: ArtifactPaths) -> None:
+    """What the vector stage writes: the users' vectors by the tower, with the tower file's SHA-256."""
+    add_tower(paths)
+    tower = TOWER[str(paths.data_dir)]
+    seen = pd.read_parquet(paths.user_seen_path)
+    seen = seen[seen[S.ITEMS].map(len) > 0]
+    vectors = np.stack([tower.vector(np.asarray(i), np.asarray(lab)) for i, lab in zip(seen[S.ITEMS], seen[S.LABELS],
+                                                                                       strict=True)])  # fmt: skip
+    write_npz(paths.user_vectors_path, **{S.VECTOR_IDS: seen[S.USER_ID].to_numpy(np.int64), S.VECTORS: vectors,
+                                          S.VECTOR_TOWER: np.array(sha256_of(paths.user_tower_onnx_path))})  # fmt: skip
+
+
+class CountingScorer:
+    """The local scorer, counting the user tower's runs."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name, self.tower_runs = inner, inner.name, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def user_vector(self, *args: Any) -> Any:
+        self.tower_runs += 1
+        return self.inner.user_vector(*args)
+
+
+def test_the_tower_runs_only_for_a_history_its_published_vector_does_not_describe(tmp_path: Path) -> None:
+    from online.backends.onnx_scorer import OnnxScorer
+
+    tiny = publish_tiny(tmp_path / "published", before_publish=publish_the_towers_vectors)
+    tower = TOWER[str(tiny.paths.data_dir)]
+    settings = load_settings({"data_dir": tiny.paths.data_dir, "log_level": "WARNING"})
+    scorer = CountingScorer(OnnxScorer(settings))
+    app = create_app(settings, backends={"scorer": scorer})
+    service_of(app).wait_until_loaded(120)
+    try:
+        users = [u for u in tiny.userids[:12].tolist() if len(user_state(tiny.paths, u).seen)]
+        for userid in users:
+            body = rec(app, userid)
+            assert body["degraded"] == [] and items_of(body) == expected(tiny, userid)[0].tolist()
+        assert scorer.tower_runs == 0  # the published vectors are the tower's own on these histories
+
+        userid = users[0]
+        published = user_state(tiny.paths, userid)
+        unseen = np.setdiff1d(tiny.itemids, published.seen)[:2]
+        events = [{"userid": userid, "itemid": int(item), "rating": 5.0, "timestamp": 1_000 + i, "event_id": f"m-{i}"}
+                  for i, item in enumerate(unseen.tolist())]  # fmt: skip
+        assert app.test_client().post("/ml/events", json=events).status_code == 202
+        after = apply_events(published, unseen, np.ones(len(unseen), np.int8), np.full(len(unseen), 5.0))
+        after = dataclasses.replace(after, vector=tower.vector(after.seen, after.seen_labels))
+        assert items_of(rec(app, userid)) == expected_list(tiny.paths, userid, 10, after, POLICY,
+                                                           live_history=True)[0].tolist()  # fmt: skip
+        assert scorer.tower_runs == 1  # the events changed the history: the tower ran for it
     finally:
         service_of(app).close()
 

@@ -176,6 +176,8 @@ def test_meta_hash_is_golden() -> None:
         b"created_at": b"2024-01-02T03:04:05Z",
         b"state": b"complete",
     }
+    with_tower = R.encode_meta(1, 2, "2024-01-02T03:04:05Z", R.STATE_WRITING, vector_tower="ab" * 32)
+    assert with_tower[b"vector_tower"] == b"ab" * 32 and len(with_tower) == 6
 
 
 def test_the_golden_example_of_online_store_format_md() -> None:
