@@ -147,7 +147,7 @@ def published_users(data_dir: Path) -> np.ndarray:
 
 
 # --- server-side metrics -------------------------------------------------------------------------------
-_SAMPLE = re.compile(r"^(recsys_[a-z_]+)\{([^}]*)\} ([0-9.e+\-]+|NaN)$")
+_SAMPLE = re.compile(r"^(recsys_[a-z_]+)(?:\{([^}]*)\})? ([0-9.e+\-]+|NaN)$")
 
 
 def scrape(url: str) -> dict[tuple[str, str], float]:
@@ -157,7 +157,7 @@ def scrape(url: str) -> dict[tuple[str, str], float]:
     for line in text.splitlines():
         match = _SAMPLE.match(line)
         if match:
-            samples[(match.group(1), match.group(2))] = float(match.group(3))
+            samples[(match.group(1), match.group(2) or "")] = float(match.group(3))
     return samples
 
 
@@ -177,6 +177,18 @@ def step_breakdown(before: dict[tuple[str, str], float], after: dict[tuple[str, 
         )
         p99 = next((le for le, n in buckets if count and n >= 0.99 * count), float("inf"))
         out[step] = {"mean_ms": round(1000 * total / count, 3) if count else None, "p99_le_ms": p99 * 1000}
+    return out
+
+
+def outcomes(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict[str, int]:
+    """What the server answered over a phase: ``recsys_requests_total`` by endpoint and outcome, and the
+    requests shed at once (``recsys_shed_total``), as deltas; zero rows left out."""
+    out = {}
+    for key, value in after.items():
+        if key[0] in ("recsys_requests_total", "recsys_shed_total"):
+            delta = int(value - before.get(key, 0))
+            if delta:
+                out[f"{key[0].removeprefix('recsys_').removesuffix('_total')}{key[1]}"] = delta
     return out
 
 
@@ -281,6 +293,16 @@ def worker_pids(master_pid: int) -> list[int]:
         if int(fields[1]) == master_pid:
             pids.append(int(stat.parent.name))
     return sorted(pids)
+
+
+def cpu_seconds(pids: list[int]) -> list[float]:
+    """User + system CPU seconds of each process so far (``/proc/<pid>/stat``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = []
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out.append((int(fields[11]) + int(fields[12])) / ticks)
+    return out
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -418,9 +440,14 @@ def run_server(args: argparse.Namespace, workdir: Path, backend_env: dict[str, s
             report["overload"] = run_overload(url, port, users, args, workdir, proc.pid)
             return report
         run_wrk(url, users, args.connections, 3, workdir)  # warm-up
-        before = scrape(url)
+        before, workers = scrape(url), worker_pids(proc.pid)
+        cpu_before = cpu_seconds(workers)
         report["saturation"] = run_wrk(url, users, args.connections, args.duration, workdir)
         report["saturation"]["steps"] = step_breakdown(before, after := scrape(url))
+        report["saturation"]["outcomes"] = outcomes(before, after)
+        report["saturation"]["worker_cpu"] = [  # the share of one core each worker used (balance)
+            round((b - a) / args.duration, 2) for a, b in zip(cpu_before, cpu_seconds(workers), strict=True)
+        ]
         report["open_loop"] = []
         for rate in args.rates:
             before = after
@@ -461,6 +488,8 @@ def print_report(report: dict[str, Any]) -> bool:
     print(f"saturation ({sat['connections']} connections, wrk): {sat['requests_per_s']:.0f} req/s, "
           f"p50/p90/p99 {sat['latency_ms']['50']:.1f}/{sat['latency_ms']['90']:.1f}/{sat['latency_ms']['99']:.1f} ms, "
           f"non-2xx {sat['non_2xx']}, socket errors {sat['socket_errors']}")  # fmt: skip
+    print("  server's answers:", ", ".join(f"{k} {v}" for k, v in sat.get("outcomes", {}).items()),
+          "; workers' CPU (cores):", sat.get("worker_cpu"))  # fmt: skip
     print(
         f"{'offered/s':>9} {'achieved':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} {'degraded':>8} "
         f"{'gen late p99':>12}"

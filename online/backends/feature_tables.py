@@ -74,7 +74,8 @@ class RowEncoder:
     def encode(self, values: Mapping[str, Any]) -> Encoded:
         """``values`` maps a feature name to its raw value (None or absent when missing)."""
         sparse = np.array([[vocab.get(_hashable(values.get(name)), 0) for name, vocab in self.categorical]], np.int64)
-        raw = np.array([_number(values.get(name)) for name in self.dense_names], np.float64)
+        raw = np.array([values.get(name) for name in self.dense_names], np.float64)  # None -> NaN
+        raw[np.isnan(raw)] = 0.0  # missing -> 0, as FeatureSpec.encode fills it
         return sparse, ((raw - self.mean) / self.std).astype(np.float32)[None, :]
 
 
@@ -82,10 +83,3 @@ def _hashable(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)  # pandas' Index matches 18.0 with the vocabulary's 18
     return value
-
-
-def _number(value: Any) -> float:
-    if value is None:
-        return 0.0
-    number = float(value)
-    return 0.0 if np.isnan(number) else number

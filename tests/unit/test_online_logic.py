@@ -401,3 +401,24 @@ def test_without_a_model_score_a_ranker_final_policy_falls_back_to_the_recall_ev
     assert fallback.ranker_final == 0 and fallback.like_weight == 0.0 and fallback.prior_weight == 0.01
     blend = chain.RankingPolicy()
     assert Recommender.policy_of(unscored, blend) == blend
+
+
+def test_the_feast_redis_decoder_returns_what_feasts_own_conversion_returns() -> None:
+    from feast.protos.feast.types.Value_pb2 import DoubleList, Int64List, Null, StringList, Value
+    from feast.type_map import feast_value_type_to_python_type
+
+    from online.backends.feast_redis import FeastRedisView
+
+    values = [Value(double_val=2.5), Value(double_val=float("nan")), Value(float_val=0.1), Value(int64_val=7),
+              Value(int32_val=-3), Value(string_val="M"), Value(bool_val=True), Value(bytes_val=b"x"), Value(),
+              Value(null_val=Null.NULL), Value(unix_timestamp_val=1_700_000_000),
+              Value(double_list_val=DoubleList(val=[1.0, 2.0])), Value(int64_list_val=Int64List(val=[3])),
+              Value(string_list_val=StringList(val=["a", "b"]))]  # fmt: skip
+    names = [f"f{i}" for i in range(len(values) + 1)]
+    view = FeastRedisView("userid", names, [b""] * len(names), lambda entity: b"")
+    got = view.decode([v.SerializeToString() for v in values] + [None])  # the last field is absent
+    want = {name: feast_value_type_to_python_type(v) for name, v in zip(names, values, strict=False)}
+    assert list(got) == list(want)
+    for name, value in want.items():
+        assert type(got[name]) is type(value), name
+        assert got[name] == value or (value != value and got[name] != got[name]), name  # NaN is NaN
