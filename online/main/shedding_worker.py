@@ -17,6 +17,9 @@ worker, connections wait in the listen backlog or go to a sibling that is servin
 ``503 not_ready`` from a worker that is still reading its tables (about 20 s for ML-1M's Feast tables)
 while ``/ready``, answered by its sibling, already says 200.
 
+Keep-alive connections are spread evenly over the workers (``online.main.accept_balance``): a worker that
+holds more connections than its least-loaded sibling leaves the next one to it for up to 10 ms.
+
 It uses gunicorn 27's connection bookkeeping (``keepalived_conns``, ``pending_conns``), hence the
 ``gunicorn>=27,<28`` range.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import selectors
 import socket
@@ -37,6 +41,8 @@ from functools import partial
 from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
+
+from online.main.accept_balance import AcceptBalancer, ConnectionTable
 
 log = logging.getLogger("recsys.online.worker")
 
@@ -51,6 +57,9 @@ def shed_response(keep_alive: bool) -> bytes:
     head += b"" if keep_alive else b"Connection: close\r\n"
     return head + b"Content-Length: " + str(len(SHED_BODY)).encode() + b"\r\n\r\n" + SHED_BODY
 
+
+# made when gunicorn's master loads this class, before it forks the workers: they all share it
+CONNECTIONS = ConnectionTable()
 
 MAX_REQUEST_BYTES = 65536
 SHED_PATH_PREFIX = b"POST /ml/"  # only the API is shed; health checks and metrics are always served
@@ -105,6 +114,7 @@ class SheddingThreadWorker(ThreadWorker):
         self.in_flight = 0
         self._count_lock = threading.Lock()
         self._shed_counter: Any = None
+        self.balancer: AcceptBalancer | None = None  # from run(), once this worker accepts connections
 
     def init_process(self) -> None:
         from data_exchange_center.settings import load_settings
@@ -121,7 +131,32 @@ class SheddingThreadWorker(ThreadWorker):
 
     def run(self) -> None:
         self.wait_for_snapshots()
-        super().run()
+        self.balancer = AcceptBalancer(CONNECTIONS, os.getpid())  # siblings now count on this worker
+        try:
+            super().run()
+        finally:
+            self.balancer.close()
+
+    # -- keep-alive connections spread over the workers (online.main.accept_balance) --------------------
+    def accept(self, listener: Any) -> None:
+        if self.balancer is not None and self.balancer.should_defer(self.nr_conns, time.monotonic()):
+            self.set_accept_enabled(False)  # a sibling holds fewer: let it take this one
+            return
+        super().accept(listener)
+        if self.balancer is not None:
+            self.balancer.publish(self.nr_conns)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        if enabled and self.balancer is not None and self.balancer.paused():
+            return  # the run loop asks on every pass: the pause holds until it ends
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        if self.balancer is not None:
+            self.balancer.publish(self.nr_conns)
+            if self.balancer.paused():  # wake when the pause ends, to watch the listening socket again
+                timeout = min(timeout, max(self.balancer.paused_until - time.monotonic(), 0.0))
+        super().wait_for_and_dispatch_events(timeout)
 
     def wait_for_snapshots(self) -> None:
         """Until every snapshot of the app's service has loaded or failed once (at most ``load_wait_s``),

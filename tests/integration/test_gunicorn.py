@@ -136,3 +136,34 @@ def test_a_starting_worker_accepts_nothing_until_it_has_loaded(tiny: TinyArtifac
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(server: str) -> None:
+    """32 connections opened at once: without balancing one worker took 31 of them (and served nearly
+    everything while its sibling idled); with it neither holds more than SLACK + 1 above the other."""
+    import collections
+    import http.client
+
+    from online.main.accept_balance import SLACK
+
+    port = int(server.rsplit(":", 1)[1])
+    for _ in range(5):
+        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(32)]
+        for conn in conns:
+            conn.connect()
+        pids: list[int] = []
+
+        def ask(conn: http.client.HTTPConnection, out: list[int]) -> None:
+            conn.request("GET", "/ready")
+            out.append(json.loads(conn.getresponse().read())["worker_pid"])
+
+        threads = [threading.Thread(target=ask, args=(conn, pids)) for conn in conns]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for conn in conns:
+            conn.close()
+        counts = sorted(collections.Counter(pids).values())
+        assert len(pids) == 32 and len(counts) == 2 and counts[1] - counts[0] <= SLACK + 1, counts
+        time.sleep(0.3)  # the closed connections leave both workers

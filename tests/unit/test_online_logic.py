@@ -422,3 +422,41 @@ def test_the_feast_redis_decoder_returns_what_feasts_own_conversion_returns() ->
     for name, value in want.items():
         assert type(got[name]) is type(value), name
         assert got[name] == value or (value != value and got[name] != got[name]), name  # NaN is NaN
+
+
+def test_a_worker_defers_to_a_less_loaded_sibling_but_never_beyond_max_defer() -> None:
+    import os
+
+    from online.main.accept_balance import MAX_DEFER_S, PAUSE_S, SLACK, AcceptBalancer, ConnectionTable
+
+    table = ConnectionTable(slots=4)
+    sibling = table.claim(os.getppid())  # a live process other than this one
+    assert sibling is not None
+    table.publish(sibling, 3)
+    me = AcceptBalancer(table, os.getpid())
+    assert not me.should_defer(3 + SLACK, now=100.0)  # within the slack: accept
+    assert me.should_defer(4 + SLACK, now=100.0) and me.paused(100.0) and not me.paused(100.0 + PAUSE_S)
+    assert me.should_defer(4 + SLACK, now=100.0 + MAX_DEFER_S / 2)  # the same connection still waits
+    assert not me.should_defer(4 + SLACK, now=100.0 + MAX_DEFER_S)  # the sibling did not take it: take it
+    table.publish(sibling, 4)  # the sibling took one: the next waiting connection gets its own wait
+    assert me.should_defer(6 + SLACK, now=100.0 + MAX_DEFER_S + 0.001)
+    table.release(sibling, os.getppid())
+    assert not me.should_defer(100, now=200.0)  # no sibling: accept
+    me.close()
+    assert table.claim(os.getpid()) == 0  # released slots are reused
+
+
+def test_a_dead_workers_slot_is_taken_over_and_not_waited_for() -> None:
+    import os
+    import subprocess
+
+    from online.main.accept_balance import AcceptBalancer, ConnectionTable
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    table = ConnectionTable(slots=2)
+    me = AcceptBalancer(table, os.getpid())
+    assert me.slot == 0 and table.claim(dead.pid) == 1
+    table.publish(1, 0)
+    assert not me.should_defer(50, now=10.0)  # a dead sibling holds nothing: nothing to wait for
+    assert table.claim(os.getppid()) == 1  # its slot is taken over
