@@ -26,7 +26,7 @@ DATA_DIR := $(or $(RECSYS_DATA_DIR),data)
 HOST ?= $(or $(RECSYS_HOST),127.0.0.1)
 PORT ?= $(or $(RECSYS_PORT),5000)
 WORKERS ?= $(or $(GUNICORN_WORKERS),2)
-THREADS ?= $(or $(GUNICORN_THREADS),2)
+THREADS ?= $(or $(GUNICORN_THREADS),3)
 DEMO_USERS ?= 1 2 3
 PYTEST_ARGS ?=
 # The live tier runs only where an outside Elasticsearch is configured; pytest reports it as not run otherwise.

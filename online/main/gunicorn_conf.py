@@ -9,12 +9,14 @@
   is set here, before any worker imports ``prometheus_client``; the folder is emptied when the
   server starts and a dead worker's live gauges are removed (``child_exit``).
 
-- Threads per worker: ``GUNICORN_THREADS``, default 2 on every profile. The work between backend calls
-  is CPU-bound Python, so more threads mostly queue for the GIL: on ML-1M, 2 workers, the load generator
-  on the same 2 cores, idle machine, three runs each (2026-12-04), the compose profile (real Redis and
-  tritonserver) gave open-loop p99 at 200 req/s median 14.4 ms with 2 threads, 13.9 ms with 3 and
-  27.7 ms with 4 (one run with 1 error at 123 ms), and saturation 355 / 354 / 340 req/s; embedded, p99
-  74 ms with 2 threads and 406 ms with 4 (an earlier, busy measurement).
+- Threads per worker: ``GUNICORN_THREADS``, default 3 on every profile. The work between backend calls
+  is CPU-bound Python, so more threads mostly queue for the GIL, but a third one keeps the CPU busy
+  while the other two wait on Redis and Triton. On ML-1M, 2 workers, the load generator on the same
+  2 cores, idle machine (2026-12-04, after the tower reuse and the connection balancing): compose
+  saturation 406 / 406 req/s with 3 threads against 395 / 388 / 397 with 2, open-loop p99 at 200 req/s
+  7.1 / 7.3 ms against 7.5 to 8.0; embedded 822 / 805 req/s against 813 / 810, p99 4.2 / 4.5 ms against
+  4.1 / 4.3 (no difference). Earlier runs: compose p99 at 200 req/s 14.4 ms with 2, 13.9 ms with 3 and
+  27.7 ms with 4 threads; embedded 74 ms with 2 and 406 ms with 4 (a busy measurement).
 
 Command-line options (``--workers``, ``--threads``, ``--bind``) override these values.
 """
@@ -32,7 +34,7 @@ os.environ[MULTIPROC_ENV] = metrics_dir  # before prometheus_client is imported 
 
 worker_class = "online.main.shedding_worker.SheddingThreadWorker"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS") or 2)
+threads = int(os.environ.get("GUNICORN_THREADS") or 3)
 backlog = 256  # connections waiting for accept(); a worker accepts at once and sheds on its own
 keepalive = 5
 timeout = 30

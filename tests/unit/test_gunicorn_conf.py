@@ -26,11 +26,11 @@ def threads_with(env: dict[str, str], tmp_path: Path) -> int:
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({}, 2),  # embedded: every role in process
-        ({"RECSYS_PROFILE": "compose"}, 2),  # roles on servers: more threads only lengthened the tail
+        ({}, 3),  # embedded: every role in process
+        ({"RECSYS_PROFILE": "compose"}, 3),  # roles on servers: a third thread runs while two wait
         ({"RECSYS_PROFILE": "compose", "GUNICORN_THREADS": "8"}, 8),  # set explicitly
         ({"GUNICORN_THREADS": "1"}, 1),
     ],
 )
-def test_threads_default_to_two_unless_set(env: dict[str, str], expected: int, tmp_path: Path) -> None:
+def test_threads_default_to_three_unless_set(env: dict[str, str], expected: int, tmp_path: Path) -> None:
     assert threads_with(env, tmp_path) == expected
