@@ -26,7 +26,8 @@ DATA_DIR := $(or $(RECSYS_DATA_DIR),data)
 HOST ?= $(or $(RECSYS_HOST),127.0.0.1)
 PORT ?= $(or $(RECSYS_PORT),5000)
 WORKERS ?= $(or $(GUNICORN_WORKERS),2)
-THREADS ?= $(or $(GUNICORN_THREADS),3)
+# THREADS empty: the gunicorn config chooses (3 when a role is on a server, 2 when all are in process)
+THREADS ?= $(GUNICORN_THREADS)
 DEMO_USERS ?= 1 2 3
 PYTEST_ARGS ?=
 # The live tier runs only where an outside Elasticsearch is configured; pytest reports it as not run otherwise.
@@ -43,7 +44,7 @@ SKIP_INSTALL ?=
 INSTALL_DEP := $(if $(filter 1 yes,$(SKIP_INSTALL)),,install)
 URL = http://$(HOST):$(PORT)
 GUNICORN = RECSYS_PROFILE=$(PROFILE) RECSYS_HOST=$(HOST) RECSYS_PORT=$(PORT) \
-	$(PYTHON) -m gunicorn -c python:online.main.gunicorn_conf --bind $(HOST):$(PORT) --workers $(WORKERS) --threads $(THREADS) \
+	$(PYTHON) -m gunicorn -c python:online.main.gunicorn_conf --bind $(HOST):$(PORT) --workers $(WORKERS) $(if $(THREADS),--threads $(THREADS)) \
 	--access-logfile - 'online.main.s1_server:create_app()'
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -99,7 +100,7 @@ help: ## list the targets and their settings
 	@echo "          FALLBACK_SYNTHETIC=$(FALLBACK_SYNTHETIC) (yes: a failed download falls back to the synthetic dataset)"
 	@echo "          S0_ARGS=$(S0_ARGS) (extra s0 flags, e.g. '--n-users 500 --seed 7' for synthetic)"
 	@echo "          PROFILE=$(PROFILE) (embedded|compose)   HOST=$(HOST) PORT=$(PORT)"
-	@echo "          WORKERS=$(WORKERS) THREADS=$(THREADS)   VENV=$(VENV)   SERVICES=$(SERVICES)"
+	@echo "          WORKERS=$(WORKERS) THREADS=$(or $(THREADS),auto)   VENV=$(VENV)   SERVICES=$(SERVICES)"
 
 install: $(INSTALL_STAMP) ## install the package and every extra (CPU torch first) into VENV
 

@@ -9,14 +9,16 @@
   is set here, before any worker imports ``prometheus_client``; the folder is emptied when the
   server starts and a dead worker's live gauges are removed (``child_exit``).
 
-- Threads per worker: ``GUNICORN_THREADS``, default 3 on every profile. The work between backend calls
-  is CPU-bound Python, so more threads mostly queue for the GIL, but a third one keeps the CPU busy
-  while the other two wait on Redis and Triton. On ML-1M, 2 workers, the load generator on the same
-  2 cores, idle machine (2026-12-04, after the tower reuse and the connection balancing): compose
-  saturation 406 / 406 req/s with 3 threads against 395 / 388 / 397 with 2, open-loop p99 at 200 req/s
-  7.1 / 7.3 ms against 7.5 to 8.0; embedded 822 / 805 req/s against 813 / 810, p99 4.2 / 4.5 ms against
-  4.1 / 4.3 (no difference). Earlier runs: compose p99 at 200 req/s 14.4 ms with 2, 13.9 ms with 3 and
-  27.7 ms with 4 threads; embedded 74 ms with 2 and 406 ms with 4 (a busy measurement).
+- Threads per worker: ``GUNICORN_THREADS``; by default 3 when the scorer or the profile store is a
+  server (Triton, Redis: threads wait on them) and 2 when every role is in process. The work between
+  backend calls is CPU-bound Python, so more threads mostly queue for the GIL, but on compose a third
+  keeps the CPU busy while two wait. On ML-1M, 2 workers, the load generator on the same 2 cores, idle
+  machine (2026-12-04, after the tower reuse and the connection balancing): compose saturation 406 /
+  406 req/s with 3 threads against 395 / 388 / 397 with 2, open-loop p99 at 200 req/s 7.1 / 7.3 ms
+  against 7.5 to 8.0; embedded the same with 3 as with 2 (822 / 805 vs 813 / 810 req/s, p99 4.2 / 4.5 vs
+  4.1 / 4.3 ms) but under overload (256 connections) the third thread takes the GIL from the event loop
+  that sheds: 11,330 vs 16,561 answers/s, rejections p50 15.8 vs 11.2 ms. Earlier runs: compose p99 at
+  200 req/s 27.7 ms with 4 threads against 14.4 with 2; embedded 406 ms with 4 against 74 with 2.
 
 Command-line options (``--workers``, ``--threads``, ``--bind``) override these values.
 """
@@ -32,9 +34,18 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="recsys-metrics-")
 os.environ[MULTIPROC_ENV] = metrics_dir  # before prometheus_client is imported anywhere
 
+
+def default_threads() -> int:
+    """3 when the scorer or the profile store runs on a server (the service's settings), else 2."""
+    from data_exchange_center.settings import load_settings
+
+    settings = load_settings()
+    return 3 if {settings.backend_of("scorer"), settings.backend_of("profiles")} - {"local"} else 2
+
+
 worker_class = "online.main.shedding_worker.SheddingThreadWorker"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS") or 3)
+threads = int(os.environ.get("GUNICORN_THREADS") or default_threads())
 backlog = 256  # connections waiting for accept(); a worker accepts at once and sheds on its own
 keepalive = 5
 timeout = 30

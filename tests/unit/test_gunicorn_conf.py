@@ -1,4 +1,5 @@
-"""Threads per gunicorn worker: 2 on every profile (chosen on the compose benchmark), else as set."""
+"""Threads per gunicorn worker: 3 when a role is on a server, 2 when all are in process (chosen on the
+benchmarks), else as set."""
 
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ def threads_with(env: dict[str, str], tmp_path: Path) -> int:
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({}, 3),  # embedded: every role in process
+        ({}, 2),  # embedded: every role in process (a third thread slows the shedding under overload)
         ({"RECSYS_PROFILE": "compose"}, 3),  # roles on servers: a third thread runs while two wait
+        ({"RECSYS_SCORER_BACKEND": "triton"}, 3),  # one role on a server is enough
         ({"RECSYS_PROFILE": "compose", "GUNICORN_THREADS": "8"}, 8),  # set explicitly
         ({"GUNICORN_THREADS": "1"}, 1),
     ],
 )
-def test_threads_default_to_three_unless_set(env: dict[str, str], expected: int, tmp_path: Path) -> None:
+def test_threads_follow_the_backends_unless_set(env: dict[str, str], expected: int, tmp_path: Path) -> None:
     assert threads_with(env, tmp_path) == expected
