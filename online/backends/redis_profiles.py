@@ -4,8 +4,7 @@ The live version (the pointer key) is re-read by the service's background thread
 ``POINTER_CACHE_TTL_S``, never on a request's clock, with the version's ``vector_tower`` (meta hash). A
 request reads the user's hash with one ``HGETALL`` bounded by its own budget (``redis_calls``); on an
 empty reply the pointer is read once more within that budget, in case the version just switched and the
-old one was deleted. The client
-never retries and its connection pool is made once per worker process.
+old one was deleted. The client never retries and its connection pool is made once per worker process.
 """
 
 from __future__ import annotations

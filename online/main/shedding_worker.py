@@ -152,7 +152,9 @@ class SheddingThreadWorker(ThreadWorker):
         super().set_accept_enabled(enabled)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        if self.balancer is not None:
+        if self.balancer is not None and not self.alive:
+            self.balancer.close()  # stopping: it accepts nothing more, so siblings must not leave it any
+        if self.balancer is not None and self.balancer.slot is not None:
             self.balancer.publish(self.nr_conns)
             if self.balancer.paused():  # wake when the pause ends, to watch the listening socket again
                 timeout = min(timeout, max(self.balancer.paused_until - time.monotonic(), 0.0))
