@@ -151,11 +151,7 @@ def align_users(profiles: pd.DataFrame, seen: pd.DataFrame, vector_ids: np.ndarr
     seen_labels = [_EMPTY_LABELS] * len(userids)
     seen_ratings = [_EMPTY_RATINGS] * len(userids)
     for pos, items, labels, ratings, userid in zip(
-        index.get_indexer(seen[S.USER_ID]),
-        seen[S.ITEMS],
-        seen[S.LABELS],
-        seen[S.RATINGS],
-        seen[S.USER_ID],
+        index.get_indexer(seen[S.USER_ID]), seen[S.ITEMS], seen[S.LABELS], seen[S.RATINGS], seen[S.USER_ID],
         strict=True,
     ):
         items_arr = np.asarray(items if items is not None else [], dtype=np.int64)

@@ -143,15 +143,21 @@ def test_a_known_users_vector_is_computed_from_the_recent_items_it_is_served_wit
     assert differs > 0  # the published vectors give other lists: the test tells the two apart
 
 
-def test_events_move_the_vector_channel(app: Flask, tiny: TinyArtifacts, tower: TinyUserTower) -> None:
-    userid = int(tiny.userids[3])
+def post_likes(app: Flask, tiny: TinyArtifacts, tower: TinyUserTower, userid: int, n: int) -> tuple[Any, Any]:
+    """Post ``n`` unseen items rated 5 for ``userid``; the published state, and the state (with the tower's
+    vector of the new history) that the service must serve from after the events."""
     published = user_state(tiny.paths, userid)
-    unseen = np.setdiff1d(tiny.itemids, published.seen)[:3]
-    events = [{"userid": userid, "itemid": int(item), "rating": 5.0, "timestamp": 1_000 + i, "event_id": f"t-{i}"}
-              for i, item in enumerate(unseen.tolist())]  # fmt: skip
+    unseen = np.setdiff1d(tiny.itemids, published.seen)[:n]
+    events = [{"userid": userid, "itemid": int(item), "rating": 5.0, "timestamp": 1_000 + i,
+               "event_id": f"like-{userid}-{i}"} for i, item in enumerate(unseen.tolist())]  # fmt: skip
     assert app.test_client().post("/ml/events", json=events).status_code == 202
     after = apply_events(published, unseen, np.ones(len(unseen), np.int8), np.full(len(unseen), 5.0))
-    after = dataclasses.replace(after, vector=tower.vector(after.seen, after.seen_labels))
+    return published, dataclasses.replace(after, vector=tower.vector(after.seen, after.seen_labels))
+
+
+def test_events_move_the_vector_channel(app: Flask, tiny: TinyArtifacts, tower: TinyUserTower) -> None:
+    userid = int(tiny.userids[3])
+    published, after = post_likes(app, tiny, tower, userid, 3)
     served = expected_list(tiny.paths, userid, 10, after, POLICY, live_history=True)[0].tolist()
     assert items_of(rec(app, userid)) == served
     stale = dataclasses.replace(after, vector=tower.vector(published.seen, published.seen_labels))
@@ -226,13 +232,7 @@ def test_the_tower_runs_only_for_a_history_its_published_vector_does_not_describ
         assert scorer.tower_runs == 0  # the published vectors are the tower's own on these histories
 
         userid = users[0]
-        published = user_state(tiny.paths, userid)
-        unseen = np.setdiff1d(tiny.itemids, published.seen)[:2]
-        events = [{"userid": userid, "itemid": int(item), "rating": 5.0, "timestamp": 1_000 + i, "event_id": f"m-{i}"}
-                  for i, item in enumerate(unseen.tolist())]  # fmt: skip
-        assert app.test_client().post("/ml/events", json=events).status_code == 202
-        after = apply_events(published, unseen, np.ones(len(unseen), np.int8), np.full(len(unseen), 5.0))
-        after = dataclasses.replace(after, vector=tower.vector(after.seen, after.seen_labels))
+        _, after = post_likes(app, tiny, tower, userid, 2)
         assert items_of(rec(app, userid)) == expected_list(tiny.paths, userid, 10, after, POLICY,
                                                            live_history=True)[0].tolist()  # fmt: skip
         assert scorer.tower_runs == 1  # the events changed the history: the tower ran for it
